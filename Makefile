@@ -1,0 +1,60 @@
+# distill-study: every entry point for people and CI. `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU build of PyTorch (2.13.0 lies on this machine's disk); GPU users: make setup TORCH_SPEC='torch==2.13.0' TORCH_INDEX='--index-url https://download.pytorch.org/whl/cu128'
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
+PROFILE ?= smollm2-135m_to_pruned24_cpu
+# The offline SQuAD copy beside this checkout, when there is one (else params squad_dir or the hub).
+export SQUAD_DIR ?= $(wildcard $(abspath ../shared/data/squad))
+export PYTHONUNBUFFERED := 1
+
+.DEFAULT_GOAL := help
+.PHONY: help setup test test-fast study smoke validate params lab notebooks bench-loss clean
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@echo "  variables: PROFILE=$(PROFILE) (a params/*.yaml name), SQUAD_DIR=$(SQUAD_DIR)"
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run make PYTHON=python3"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_INDEX) '$(TORCH_SPEC)'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	touch $@
+
+setup: $(VENV)/.installed ## create .venv with the pinned packages and the editable `distill` package
+
+test: setup ## run the whole test suite (unit tests and an end-to-end smoke study)
+	$(PY) -m pytest -q
+
+test-fast: setup ## the unit tests only (skips the end-to-end runs)
+	$(PY) -m pytest -q -m "not slow"
+
+study: setup ## run the whole study for PROFILE and render reports/<run>/ (default: the offline CPU profile)
+	$(PY) -m distill run params/$(PROFILE).yaml
+
+smoke: setup ## the whole study on tiny models in about a minute: reports/smoke/
+	$(PY) -m distill run params/smoke.yaml
+
+validate: setup ## only validate params/$(PROFILE).yaml
+	$(PY) -m distill validate params/$(PROFILE).yaml
+
+params: setup ## list every params key with its type, default and meaning
+	$(PY) -m distill params
+
+lab: setup ## open the notebooks in JupyterLab (installs jupyterlab into .venv on first use)
+	$(PY) -m pip install -q -c constraints.txt jupyterlab
+	cd notebooks && ../$(PY) -m jupyter lab
+
+notebooks: setup ## generate the paired .ipynb files from notebooks/*.py (they are not committed)
+	$(PY) -m jupytext --sync notebooks/*.py
+
+bench-loss: setup ## memory and speed of the KD loss at Gemma's 256k vocabulary, chunked vs not
+	$(PY) benchmarks/kd_loss_memory.py
+
+clean: ## remove executed notebooks, checkpoints and the smoke report (keeps .venv and the model cache)
+	rm -rf artifacts reports/smoke

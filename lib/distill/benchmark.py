@@ -1,0 +1,151 @@
+"""Generation, scoring and timing of one model; each benchmarked model runs in its own process.
+
+A model's peak resident memory on the CPU is only honest when nothing else lives in the process,
+so `benchmark_in_subprocess` runs `python -m distill bench-model` per model and reads its report.
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import metrics
+from .data import encode_examples, pad_batch, prompt_features
+
+
+def eos_ids(model, tokenizer) -> list[int]:
+    ids = {tokenizer.eos_token_id}
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids.update(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
+    return sorted(i for i in ids if i is not None)
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int,
+             device: torch.device | str = "cpu", warmup_batches: int = 0) -> tuple[list[str], float]:
+    """Greedy answers for prompt id lists, batched with left padding; returns (texts, timed seconds).
+
+    Warm-up batches run first and are not timed.
+    """
+    model.eval()
+    batches = [prompts[i:i + batch_size] for i in range(0, len(prompts), batch_size)]
+    stop = eos_ids(model, tokenizer)
+    kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stop,
+                  pad_token_id=tokenizer.pad_token_id, use_cache=True)
+    for b in batches[:warmup_batches]:
+        enc = pad_batch([{"input_ids": x} for x in b], tokenizer.pad_token_id, side="left")
+        model.generate(**{k: v.to(device) for k, v in enc.items()}, **kwargs)
+    texts, elapsed = [], 0.0
+    for b in batches:
+        enc = pad_batch([{"input_ids": x} for x in b], tokenizer.pad_token_id, side="left")
+        start = time.perf_counter()
+        out = model.generate(**{k: v.to(device) for k, v in enc.items()}, **kwargs)
+        if torch.cuda.is_available() and str(device).startswith("cuda"):
+            torch.cuda.synchronize()
+        elapsed += time.perf_counter() - start
+        new = out[:, enc["input_ids"].shape[1]:]
+        texts += tokenizer.batch_decode(new, skip_special_tokens=True)
+    return texts, elapsed
+
+
+@torch.no_grad()
+def teacher_forced(model, features: list[dict[str, Any]], pad_id: int, batch_size: int,
+                   device: torch.device | str = "cpu") -> dict[str, float]:
+    """Mean answer-token loss (nats) and top-1 accuracy with the gold answer fed in: no generation."""
+    model.eval()
+    total_nll, total_hit, total_n = 0.0, 0, 0
+    for i in range(0, len(features), batch_size):
+        batch = pad_batch(features[i:i + batch_size], pad_id, side="right")
+        logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                       use_cache=False).logits[:, :-1].float()
+        target = batch["labels"][:, 1:].to(device)
+        mask = target != -100
+        if not mask.any():
+            continue
+        logp = torch.log_softmax(logits[mask], dim=-1)
+        gold = target[mask]
+        total_nll += float(-logp.gather(1, gold[:, None]).sum())
+        total_hit += int((logp.argmax(-1) == gold).sum())
+        total_n += int(mask.sum())
+    return {"answer_loss": total_nll / max(total_n, 1), "top1_accuracy": total_hit / max(total_n, 1),
+            "answer_tokens": total_n}
+
+
+def evaluate(model, tokenizer, rows: list[dict[str, Any]], *, max_length: int, max_new_tokens: int,
+             batch_size: int, seed: int, device="cpu", warmup_batches: int = 0) -> dict[str, Any]:
+    """EM/F1 from greedy answers, teacher-forced loss and accuracy, latency and throughput."""
+    gen = encode_examples(rows, tokenizer, max_length, seed, with_answer=False, reserve=max_new_tokens)
+    prompt_ids = [f["input_ids"] for f in prompt_features(gen.features)]
+    raw, seconds = generate(model, tokenizer, prompt_ids, max_new_tokens, batch_size, device, warmup_batches)
+    predictions = [metrics.postprocess_answer(t) for t in raw]
+    references = [f["references"] for f in gen.features]
+    scores = metrics.squad_scores(predictions, references)
+    forced = teacher_forced(model, encode_examples(rows, tokenizer, max_length, seed).features,
+                            tokenizer.pad_token_id, batch_size, device)
+    n = len(prompt_ids)
+    return {**scores, **forced, "n_examples": n, "dropped": gen.dropped, "windowed": gen.windowed,
+            "latency_ms_per_example": 1000 * seconds / max(n, 1), "throughput_examples_per_s": n / seconds if seconds else 0.0,
+            "generation_seconds": seconds, "raw_generations": raw, "predictions": predictions,
+            "references": references}
+
+
+def peak_rss_mb() -> float:
+    # ru_maxrss is KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_model_benchmark(spec: dict[str, Any]) -> dict[str, Any]:
+    """What `python -m distill bench-model` does for one model (in a fresh process)."""
+    from .models import count_params, folder_size_mb, load_model, load_tokenizer, resolve_device, setup_torch
+
+    setup_torch(spec["seed"], spec.get("threads", 0))
+    device = resolve_device(spec.get("device", "auto"))
+    rss_before = peak_rss_mb()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    tokenizer = load_tokenizer(spec["source"])
+    model = load_model(spec["source"], dtype=spec.get("dtype", "float32"), load_in_4bit=spec.get("load_in_4bit", False),
+                       bnb_compute_dtype=spec.get("bnb_compute_dtype", "float32"), device=device)
+    rows = json.loads(Path(spec["rows_file"]).read_text())
+    result = evaluate(model, tokenizer, rows, max_length=spec["max_length"], max_new_tokens=spec["max_new_tokens"],
+                      batch_size=spec["batch_size"], seed=spec["seed"], device=device,
+                      warmup_batches=spec.get("warmup_batches", 1))
+    result["params_m"] = count_params(model) / 1e6
+    result["memory_footprint_mb"] = model.get_memory_footprint() / 1e6
+    if spec.get("load_in_4bit"):
+        result["disk_mb"], result["disk_kind"] = quantized_disk_mb(model), "4-bit quantised footprint"
+    else:
+        result["disk_mb"], result["disk_kind"] = folder_size_mb(Path(spec["source"])), "safetensors folder"
+    result["runtime_rss_mb"] = rss_before
+    if device.type == "cuda":
+        result["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 1e6
+        result["peak_memory_kind"] = "CUDA max allocated"
+    else:
+        result["peak_memory_mb"] = peak_rss_mb()
+        result["peak_memory_kind"] = "peak RSS of a process running only this model"
+    return result
+
+
+def benchmark_in_subprocess(spec: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        spec_file, out_file = Path(tmp, "spec.json"), Path(tmp, "result.json")
+        spec_file.write_text(json.dumps(spec))
+        cmd = [sys.executable, "-m", "distill", "bench-model", str(spec_file), str(out_file)]
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ})
+        if res.returncode != 0:
+            tail = "\n".join(res.stderr.strip().splitlines()[-15:])
+            raise RuntimeError(f"benchmark of {spec['name']} failed (exit {res.returncode}):\n{tail}")
+        return json.loads(out_file.read_text())
+
+
+def quantized_disk_mb(model) -> float:
+    """A 4-bit model's footprint as held in memory (what its saved 4-bit checkpoint would take)."""
+    return model.get_memory_footprint() / 1e6

@@ -1,0 +1,25 @@
+"""Where things live, derived from the package's own location (never from the cwd).
+
+JupyterLab runs a notebook with cwd = notebooks/, papermill with the caller's cwd: both must
+resolve the same folders.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
+PARAMS_DIR = PROJECT_ROOT / "params"
+# Overridable so tests (and users with a big scratch disk) can keep heavy output elsewhere.
+REPORTS_DIR = Path(os.environ.get("DISTILL_REPORTS_DIR", PROJECT_ROOT / "reports"))
+ARTIFACTS_DIR = Path(os.environ.get("DISTILL_ARTIFACTS_DIR", PROJECT_ROOT / "artifacts"))
+MODELS_DIR = Path(os.environ.get("DISTILL_MODELS_DIR", PROJECT_ROOT / "models"))
+# The offline SQuAD copy beside a checkout of this workplace; see data.resolve_squad_dir.
+SHARED_SQUAD_DIR = PROJECT_ROOT.parent / "shared" / "data" / "squad"
+
+
+def resolve(path: str | os.PathLike) -> Path:
+    """A params path: absolute as given, relative ones against the project root."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else PROJECT_ROOT / p

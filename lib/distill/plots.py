@@ -1,0 +1,122 @@
+"""Charts of the study; each is saved under the run's report folder with a name that says what it shows."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+
+COMPONENTS = ("total", "ce", "kd", "hidden")
+
+
+def save(fig, folder: Path, name: str) -> Path:
+    """Write `<folder>/<name>.png`; in a notebook the inline backend also shows the figure."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.png"
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    return path
+
+
+def loss_components(log_history: list[dict[str, Any]], title: str):
+    """Each loss term over optimizer steps, train (solid) and eval (dashed), on its own panel."""
+    present = [c for c in COMPONENTS if any(f"train_{c}" in e or f"eval_{c}" in e for e in log_history)]
+    fig, axes = plt.subplots(1, len(present), figsize=(4 * len(present), 3.2), squeeze=False)
+    for ax, comp in zip(axes[0], present):
+        for split, style in (("train", "-o"), ("eval", "--s")):
+            pts = [(e["step"], e[f"{split}_{comp}"]) for e in log_history if f"{split}_{comp}" in e]
+            if pts:
+                ax.plot(*zip(*pts), style, label=split, markersize=3)
+        ax.set_title(comp)
+        ax.set_xlabel("step")
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def token_lengths(lengths: list[int], max_length: int, title: str):
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.hist(lengths, bins=30, color="#4c72b0")
+    ax.axvline(max_length, color="red", linestyle="--", label=f"max_length {max_length}")
+    ax.set_xlabel("tokens per example (prompt + answer)")
+    ax.set_ylabel("examples")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def layer_importance(importance: list[float], kept: list[int], title: str):
+    fig, ax = plt.subplots(figsize=(8, 3))
+    colors = ["#4c72b0" if i in kept else "#c0c0c0" for i in range(len(importance))]
+    ax.bar(range(len(importance)), importance, color=colors)
+    ax.set_xlabel("teacher layer (blue: kept in the student)")
+    ax.set_ylabel("1 - cos(in, out)")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def metric_bars(table, metric: str, reference: str, title: str, ylabel: str):
+    """One bar per model; each bar annotated with its ratio to `reference` (the teacher)."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.2))
+    names = list(table.index)
+    values = [float(table.loc[n, metric]) for n in names]
+    ref = float(table.loc[reference, metric])
+    bars = ax.bar(names, values, color=["#dd8452" if n == reference else "#4c72b0" for n in names])
+    for bar, v in zip(bars, values):
+        ratio = f"{v / ref:.2f}x" if ref else "n/a"
+        ax.annotate(f"{v:.3g}\n({ratio})", (bar.get_x() + bar.get_width() / 2, v), ha="center", va="bottom",
+                    fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.margins(y=0.25)
+    plt.setp(ax.get_xticklabels(), rotation=15, ha="right")
+    fig.tight_layout()
+    return fig
+
+
+def f1_vs_latency(table, title: str):
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for name, row in table.iterrows():
+        ax.scatter(row["latency_ms_per_example"], row["f1"], s=20 + row["params_m"] * 2)
+        ax.annotate(name, (row["latency_ms_per_example"], row["f1"]), textcoords="offset points", xytext=(5, 5),
+                    fontsize=8)
+    ax.set_xlabel("latency (ms per example, greedy)")
+    ax.set_ylabel("SQuAD F1")
+    ax.set_title(title + " (marker size: parameters)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def scores_bars(named_scores: dict[str, dict[str, float]], title: str):
+    """EM and F1 side by side for a few named evaluations (e.g. teacher before/after fine-tuning)."""
+    fig, ax = plt.subplots(figsize=(6, 3))
+    names = list(named_scores)
+    width = 0.38
+    for j, metric in enumerate(("exact_match", "f1")):
+        xs = [i + (j - 0.5) * width for i in range(len(names))]
+        vals = [named_scores[n][metric] for n in names]
+        ax.bar(xs, vals, width, label=metric)
+        for x, v in zip(xs, vals):
+            ax.annotate(f"{v:.1f}", (x, v), ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(range(len(names)), names)
+    ax.set_ylabel("percent")
+    ax.set_title(title)
+    ax.legend()
+    ax.margins(y=0.2)
+    fig.tight_layout()
+    return fig
+
+
+def line(xs, ys, xlabel: str, ylabel: str, title: str):
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    ax.plot(xs, ys, "-o")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,186 @@
+"""The DistillationTrainer: a Hugging Face Trainer whose `compute_loss` adds teacher terms.
+
+Everything else (logging the components, saving the projection, NaN stops) is done by callbacks,
+so the Trainer's own loop, checkpointing and gradient accumulation stay untouched.
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainerCallback
+
+from . import losses
+
+
+@dataclass
+class LossConfig:
+    alpha_ce: float = 1.0
+    gamma_kl: float = 0.0
+    beta_mse: float = 0.0
+    temperature: float = 2.0
+    kd_kind: str = "forward_kl"
+    jsd_beta: float = 0.5
+    distill_positions: str = "all"
+    hidden_loss: str = "mse"
+    layer_map: list[int] = field(default_factory=list)
+    vocab_size: int | None = None  # the shared tokenizer vocabulary; padded embedding rows are sliced off
+
+    @property
+    def uses_teacher(self) -> bool:
+        return self.gamma_kl > 0 or self.beta_mse > 0
+
+
+class ComponentMeter:
+    """Running sums of each loss term, per mode; shared by the trainer and the logging callback."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, dict[str, float]] = {"train": defaultdict(float), "eval": defaultdict(float)}
+        self.batches = {"train": 0, "eval": 0}
+
+    def add(self, mode: str, values: dict[str, float]) -> None:
+        for k, v in values.items():
+            self.sums[mode][k] += v
+        self.batches[mode] += 1
+
+    def pop(self, mode: str, divisor: float) -> dict[str, float]:
+        out = {k: v / max(divisor, 1) for k, v in self.sums[mode].items()}
+        self.sums[mode] = defaultdict(float)
+        self.batches[mode] = 0
+        return out
+
+
+class DistillationTrainer(Trainer):
+    """`alpha_ce * CE + gamma_kl * KD + beta_mse * hidden`; a zero weight skips its term (and the teacher)."""
+
+    def __init__(self, *args, teacher=None, loss_config: LossConfig, projection=None,
+                 meter: ComponentMeter | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.loss_config = loss_config
+        self.teacher = teacher
+        self.projection = projection
+        self.meter = meter or ComponentMeter()
+        if loss_config.uses_teacher:
+            if teacher is None:
+                raise ValueError("gamma_kl or beta_mse > 0 needs a teacher")
+            for p in teacher.parameters():
+                p.requires_grad_(False)
+            teacher.eval()
+        if loss_config.beta_mse > 0 and not loss_config.layer_map:
+            raise ValueError("beta_mse > 0 needs a layer_map (see losses.uniform_layer_map)")
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        cfg = self.loss_config
+        labels, attention = inputs["labels"], inputs["attention_mask"]
+        need_hidden = cfg.beta_mse > 0
+        outputs = model(input_ids=inputs["input_ids"], attention_mask=attention,
+                        output_hidden_states=need_hidden, use_cache=False)
+        target_mask = labels[:, 1:] != -100
+        n_items = target_mask.sum()
+        total_items = num_items_in_batch if num_items_in_batch is not None else n_items
+        # Each micro-batch's teacher terms weigh by its share of the accumulation window's answer
+        # tokens, so splitting a step into micro-batches does not change what is optimised.
+        share = n_items / total_items.clamp(min=1) if torch.is_tensor(total_items) else n_items / max(total_items, 1)
+        terms: dict[str, torch.Tensor] = {}
+        if cfg.alpha_ce > 0:
+            terms["ce"] = losses.answer_ce(outputs.logits, labels, num_items_in_batch=total_items)
+        if cfg.uses_teacher:
+            with torch.no_grad():
+                self.teacher.eval()
+                t_out = self.teacher(input_ids=inputs["input_ids"], attention_mask=attention,
+                                     output_hidden_states=need_hidden, use_cache=False)
+            if cfg.distill_positions == "answer":
+                kd_mask = target_mask
+                hidden_mask = labels != -100
+            else:  # every prediction of a real token, prompt included
+                kd_mask = attention[:, 1:].bool() & attention[:, :-1].bool()
+                hidden_mask = attention.bool()
+            if cfg.gamma_kl > 0:
+                terms["kd"] = share * losses.kd_divergence(
+                    outputs.logits[:, :-1], t_out.logits[:, :-1].to(outputs.logits.device), kd_mask,
+                    temperature=cfg.temperature, kind=cfg.kd_kind, beta=cfg.jsd_beta, vocab_size=cfg.vocab_size)
+            if cfg.beta_mse > 0:
+                terms["hidden"] = share * losses.hidden_losses(
+                    outputs.hidden_states, tuple(h.to(outputs.logits.device) for h in t_out.hidden_states),
+                    cfg.layer_map, hidden_mask, kind=cfg.hidden_loss, projection=self.projection)
+        weights = {"ce": cfg.alpha_ce, "kd": cfg.gamma_kl, "hidden": cfg.beta_mse}
+        step = self.state.global_step
+        for name, value in terms.items():
+            if not torch.isfinite(value):
+                raise FloatingPointError(
+                    f"loss term {name!r} became {value.item()} at step {step}: lower learning_rate, "
+                    "check the data, or set its weight to 0")
+        loss = losses.total_loss(terms.get("ce"), terms.get("kd"), terms.get("hidden"),
+                                 cfg.alpha_ce, cfg.gamma_kl, cfg.beta_mse)
+        mode = "train" if model.training else "eval"
+        self.meter.add(mode, {**{k: float(v.detach()) for k, v in terms.items()},
+                              "total": float(loss.detach()),
+                              **{f"weighted_{k}": weights[k] * float(v.detach()) for k, v in terms.items()}})
+        return (loss, outputs) if return_outputs else loss
+
+
+class ComponentLogCallback(TrainerCallback):
+    """Adds each loss component to the entry the Trainer just appended to `log_history`."""
+
+    def __init__(self, meter: ComponentMeter):
+        self.meter = meter
+        self.last_step = 0
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        entry = state.log_history[-1] if state.log_history else None
+        if entry is None:
+            return
+        if "eval_loss" in entry:
+            comps = self.meter.pop("eval", self.meter.batches["eval"])
+            entry.update({f"eval_{k}": v for k, v in comps.items()})
+        elif "loss" in entry:
+            # train sums hold whole optimizer steps (micro-batches already weighted by their share)
+            comps = self.meter.pop("train", state.global_step - self.last_step)
+            self.last_step = state.global_step
+            entry.update({f"train_{k}": v for k, v in comps.items()})
+
+
+class ProjectionCheckpointCallback(TrainerCallback):
+    """Saves the hidden-state projection beside each checkpoint and restores the best one at the end."""
+
+    def __init__(self, projection):
+        self.projection = projection
+
+    def on_save(self, args, state, control, **kwargs):
+        ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if ckpt.is_dir():
+            self.projection.save(ckpt)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if args.load_best_model_at_end and state.best_model_checkpoint:
+            load_projection_into(self.projection, Path(state.best_model_checkpoint))
+
+
+def load_projection_into(projection, folder: Path) -> bool:
+    from .losses import HiddenProjection
+
+    if not (folder / "hidden_projection.safetensors").exists():
+        return False
+    loaded = HiddenProjection.load(folder)
+    projection.load_state_dict(loaded.state_dict())
+    return True
+
+
+def last_checkpoint(output_dir: Path) -> Path | None:
+    ckpts = sorted(Path(output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    return ckpts[-1] if ckpts else None
+
+
+def write_log_history(trainer: Trainer, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(trainer.state.log_history, indent=1))
+    tmp.replace(path)
+
+
+def finite_or_none(x: Any) -> Any:
+    return x if not isinstance(x, float) or math.isfinite(x) else None

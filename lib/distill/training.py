@@ -1,0 +1,119 @@
+"""One training run: TrainingArguments from params, the optimizer (student + projection), resume, best save."""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import TrainingArguments
+
+from . import losses
+from .data import ListDataset, TrainCollator
+from .models import _atomic_save
+from .params import StudyParams
+from .trainer import (ComponentLogCallback, ComponentMeter, DistillationTrainer, LossConfig,
+                      ProjectionCheckpointCallback, last_checkpoint, load_projection_into, write_log_history)
+
+
+@dataclass
+class TrainResult:
+    trainer: DistillationTrainer
+    log_history: list[dict[str, Any]]
+    best_dir: Path
+    resumed_from: Path | None
+
+
+def loss_config(p: StudyParams, n_student_layers: int, n_teacher_layers: int, vocab_size: int | None) -> LossConfig:
+    layer_map = list(p.layer_map) or losses.uniform_layer_map(n_student_layers, n_teacher_layers)
+    losses.check_layer_map(layer_map, n_student_layers, n_teacher_layers)
+    return LossConfig(alpha_ce=p.alpha_ce, gamma_kl=p.gamma_kl, beta_mse=p.beta_mse, temperature=p.temperature,
+                      kd_kind=p.kd_kind, jsd_beta=p.jsd_beta, distill_positions=p.distill_positions,
+                      hidden_loss=p.hidden_loss, layer_map=layer_map, vocab_size=vocab_size)
+
+
+def training_args(p: StudyParams, output_dir: Path, max_steps: int, learning_rate: float,
+                  evaluate: bool = True) -> TrainingArguments:
+    eval_every = min(p.eval_steps, max_steps)
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        max_steps=max_steps,
+        per_device_train_batch_size=p.batch_size,
+        per_device_eval_batch_size=p.batch_size,
+        gradient_accumulation_steps=p.grad_accum_steps,
+        learning_rate=learning_rate,
+        lr_scheduler_type="linear",
+        warmup_steps=int(p.warmup_ratio * max_steps),
+        weight_decay=p.weight_decay,
+        logging_steps=p.logging_steps,
+        eval_strategy="steps" if evaluate else "no",
+        eval_steps=eval_every,
+        save_strategy="steps" if evaluate else "no",
+        save_steps=eval_every,
+        save_total_limit=2,
+        load_best_model_at_end=evaluate,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        label_names=["labels"],
+        remove_unused_columns=False,
+        report_to=[],
+        seed=p.seed,
+        data_seed=p.seed,
+        use_cpu=not torch.cuda.is_available() or p.device == "cpu",
+        gradient_checkpointing=p.gradient_checkpointing,
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+        save_safetensors=True,
+    )
+
+
+def train(p: StudyParams, student, tokenizer, train_features, eval_features, output_dir: Path, *,
+          teacher=None, cfg: LossConfig, max_steps: int | None = None, learning_rate: float | None = None,
+          projection=None) -> TrainResult:
+    """Train `student` (LoRA or full) with the composite loss; keep and save the best checkpoint."""
+    output_dir = Path(output_dir)
+    if not p.resume and output_dir.exists():
+        shutil.rmtree(output_dir)  # a fresh run must not pick up a previous run's checkpoints
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.beta_mse > 0 and projection is None:
+        raise ValueError("beta_mse > 0 needs a HiddenProjection")
+    max_steps = max_steps or p.max_steps
+    args = training_args(p, output_dir, max_steps, learning_rate or p.learning_rate,
+                         evaluate=bool(eval_features))
+    params = [q for q in student.parameters() if q.requires_grad]
+    if projection is not None and cfg.beta_mse > 0:
+        params += list(projection.parameters())
+    optimizer = torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=args.weight_decay)
+    meter = ComponentMeter()
+    callbacks = [ComponentLogCallback(meter)]
+    if projection is not None and cfg.beta_mse > 0:
+        callbacks.append(ProjectionCheckpointCallback(projection))
+    trainer = DistillationTrainer(
+        model=student, args=args, train_dataset=ListDataset(train_features),
+        eval_dataset=ListDataset(eval_features) if eval_features else None,
+        data_collator=TrainCollator(tokenizer.pad_token_id), teacher=teacher, loss_config=cfg,
+        projection=projection if cfg.beta_mse > 0 else None, meter=meter, callbacks=callbacks,
+        optimizers=(optimizer, None))
+    resume = last_checkpoint(output_dir) if p.resume else None
+    if resume is not None and projection is not None:
+        load_projection_into(projection, resume)
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    write_log_history(trainer, output_dir / "log_history.json")
+    best = output_dir / "best"
+    save_trained(trainer.model, tokenizer, best, projection if cfg.beta_mse > 0 else None,
+                 {"best_checkpoint": trainer.state.best_model_checkpoint, "best_eval_loss": trainer.state.best_metric,
+                  "layer_map": cfg.layer_map, "global_step": trainer.state.global_step})
+    return TrainResult(trainer, trainer.state.log_history, best, resume)
+
+
+def save_trained(model, tokenizer, folder: Path, projection=None, info: dict | None = None) -> Path:
+    """The adapter (or full student), tokenizer, projection and a small info file, written atomically."""
+    def build(tmp: Path) -> None:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if projection is not None:
+            projection.save(tmp)
+        (tmp / "training_info.json").write_text(json.dumps(info or {}, indent=1, default=str))
+    return _atomic_save(build, Path(folder))

@@ -1,0 +1,85 @@
+"""Test setup: a synthetic SQuAD-schema dataset and private output folders, set before `distill` is imported."""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import random
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_ROOT = Path(tempfile.mkdtemp(prefix="distill-tests-"))
+os.environ["DISTILL_REPORTS_DIR"] = str(_ROOT / "reports")
+os.environ["DISTILL_ARTIFACTS_DIR"] = str(_ROOT / "artifacts")
+os.environ["DISTILL_MODELS_DIR"] = str(_ROOT / "models")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+CITIES = ["Paris", "Lima", "Oslo", "Cairo", "Quito", "Hanoi", "Dakar", "Perth", "Turin", "Bergen", "Leeds", "Basel"]
+THINGS = ["bridge", "museum", "tower", "library", "harbour", "cathedral", "station", "market", "garden", "theatre"]
+PEOPLE = ["Ada Lovelace", "Alan Turing", "Grace Hopper", "Carl Gauss", "Marie Curie", "Niels Bohr", "Emmy Noether"]
+
+
+def synthetic_row(rng: random.Random, i: int, split: str) -> dict:
+    """A SQuAD-schema question written here (no SQuAD text), with a context of varying length."""
+    city, thing, person = rng.choice(CITIES), rng.choice(THINGS), rng.choice(PEOPLE)
+    year = str(rng.randint(1200, 1999))
+    filler = [f"The {rng.choice(THINGS)} of {rng.choice(CITIES)} was rebuilt after the flood of {rng.randint(1100, 1990)}."
+              for _ in range(rng.randint(0, 14))]
+    fact = f"The {thing} in {city} was designed by {person} in {year}."
+    pos = rng.randint(0, len(filler))
+    context = " ".join(filler[:pos] + [fact] + filler[pos:])
+    kind = rng.choice(["who", "when"])
+    question, answer = ((f"Who designed the {thing} in {city}?", person) if kind == "who"
+                        else (f"In what year was the {thing} in {city} designed?", year))
+    start = context.index(fact) + fact.index(answer)
+    answers, starts = [answer], [start]
+    if split == "validation":  # several gold answers, as in the official dev set
+        alt = f"in {year}" if kind == "when" else person.split()[-1]
+        answers, starts = [answer, answer, alt], [start, start, context.index(fact) + fact.index(alt)]
+    return {"id": f"{split}-{i}", "title": city, "context": context, "question": question,
+            "answers": {"text": answers, "answer_start": starts}}
+
+
+def write_synthetic_squad(folder: Path, n_train: int = 400, n_dev: int = 120) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(1234)
+    for split, n in (("train", n_train), ("validation", n_dev)):
+        with gzip.open(folder / f"{split}.jsonl.gz", "wt", encoding="utf-8") as fh:
+            for i in range(n):
+                fh.write(json.dumps(synthetic_row(rng, i, split)) + "\n")
+    return folder
+
+
+SQUAD_DIR = write_synthetic_squad(_ROOT / "squad")
+os.environ["SQUAD_DIR"] = str(SQUAD_DIR)
+
+
+@pytest.fixture(scope="session")
+def squad_dir() -> Path:
+    return SQUAD_DIR
+
+
+@pytest.fixture(scope="session")
+def tiny_paths():
+    """Cached tiny teacher and student folders (built once per session from the synthetic data)."""
+    from distill.tiny import ensure_tiny_model
+
+    return ensure_tiny_model("teacher"), ensure_tiny_model("student")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _threads():
+    import torch
+
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    yield
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: int = 600):
+    import subprocess
+
+    return subprocess.run([sys.executable, "-m", "distill", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=timeout)
