@@ -51,7 +51,7 @@ lab: setup ## open the notebooks in JupyterLab (installs jupyterlab into .venv o
 	cd notebooks && ../$(PY) -m jupyter lab
 
 notebooks: setup ## generate the paired .ipynb files from notebooks/*.py (they are not committed)
-	$(PY) -m jupytext --sync notebooks/*.py
+	$(PY) -m jupytext --set-kernel - --sync notebooks/*.py
 
 bench-loss: setup ## memory and speed of the KD loss at Gemma's 256k vocabulary, chunked vs not
 	$(PY) benchmarks/kd_loss_memory.py

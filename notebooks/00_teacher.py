@@ -21,7 +21,7 @@ data_pool_rows: int = 400  # read only the first N rows of each split (0 = all)
 train_size: int = 32  # student training examples (disjoint from the teacher's)
 eval_size: int = 8  # held-out examples for eval loss
 bench_size: int = 8  # validation questions scored
-max_length: int = 128  # tokens per example
+max_length: int = 160  # tokens per example
 recovery_size: int = 8  # contexts for the recovery phase
 max_new_tokens: int = 8  # greedy decoding budget
 bench_batch_size: int = 4  # prompts per generation batch
@@ -94,7 +94,7 @@ display(pd.DataFrame({k: {m: v[m] for m in ("exact_match", "f1", "answer_loss", 
 
 # %%
 if p.student == "prune":
-    calib = study.calibration_batches(sets.train_rows, teacher_tok, p)
+    calib = study.calibration_batches(sets.train_rows, teacher_tok, p, n_batches=2)
     importance = models.layer_importance(tuned_teacher, calib)
     n_layers = len(importance)
     kept = study.pruned_layers(p, n_layers, importance)

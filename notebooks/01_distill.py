@@ -19,7 +19,7 @@ teacher_finetune: bool = True  # distil from the SQuAD-tuned teacher made by 00_
 data_pool_rows: int = 400  # read only the first N rows of each split (0 = all)
 train_size: int = 32  # training examples
 eval_size: int = 8  # held-out examples for the eval loss
-max_length: int = 128  # tokens per example; long contexts are windowed around the answer
+max_length: int = 160  # tokens per example; long contexts are windowed around the answer
 recovery_size: int = 8  # contexts for the recovery phase (0 = off)
 recovery_steps: int = 1  # optimizer steps of the recovery phase
 use_lora: bool = True  # LoRA adapter (false: full student)
@@ -88,7 +88,8 @@ if p.uses_teacher:
     teacher_model, teacher_tok = study.load_teacher(p, device)
     vocab_size = models.check_vocab_compatible(teacher_tok, tokenizer, teacher_model, student_model)
     n_teacher = len(models.decoder_layers(teacher_model))
-cfg = training.loss_config(p, n_student, n_teacher, vocab_size)
+pruned_from = getattr(student_model.config, "pruned_from_layers", None)
+cfg = training.loss_config(p, n_student, n_teacher, vocab_size, pruned_from)
 projection = None
 if p.beta_mse > 0:
     projection = losses.HiddenProjection(student_model.config.hidden_size, teacher_model.config.hidden_size).to(device)
@@ -112,7 +113,7 @@ print(f"layer map (student layer -> teacher layer): {cfg.layer_map if p.beta_mse
 # %%
 if p.recovery_steps:
     recovery_feats = data.encode_contexts(sets.recovery_rows, tokenizer, p.max_length)
-    rec_cfg = training.loss_config(p.replace(distill_positions="all"), n_student, n_teacher, vocab_size)
+    rec_cfg = training.loss_config(p.replace(distill_positions="all"), n_student, n_teacher, vocab_size, pruned_from)
     recovery = training.train(p, student_model, tokenizer, recovery_feats, [], study.variant_dir(p, f"{p.variant}_recovery"),
                               teacher=teacher_model, cfg=rec_cfg, max_steps=p.recovery_steps, projection=projection)
     student_model = recovery.trainer.model
@@ -136,7 +137,7 @@ print(f"{result.trainer.state.global_step} steps; best eval loss {result.trainer
       f"({result.trainer.state.best_model_checkpoint}); saved to {result.best_dir}")
 plots.save(plots.loss_components(history, f"{p.run_name} {p.variant}: loss components"),
            report, f"loss_components_{p.variant}")
-display(pd.DataFrame(eval_log).drop(columns=["epoch"], errors="ignore").round(4))
+display(pd.DataFrame(eval_log).filter(regex=r"^(step|eval_(loss|ce|kd|hidden))$").round(4))
 
 # %%
 study.write_json(report / f"log_history_{p.variant}.json", history)

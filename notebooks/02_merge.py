@@ -16,7 +16,7 @@ teacher_load_in_4bit: bool = True  # the teacher as the study loads it
 teacher_finetune: bool = True  # use the SQuAD-tuned teacher from 00_teacher
 deploy_dir: str = ""  # where the merged distilled student goes; empty = <run>/deploy
 data_pool_rows: int = 400  # read only the first N rows of each split (0 = all)
-max_length: int = 128  # tokens per prompt
+max_length: int = 160  # tokens per prompt
 max_new_tokens: int = 8  # greedy decoding budget
 bench_batch_size: int = 4  # prompts per generation batch
 qualitative_examples: int = 3  # validation examples shown side by side

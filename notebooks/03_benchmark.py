@@ -18,7 +18,7 @@ teacher_finetune: bool = True  # the SQuAD-tuned teacher from 00_teacher
 deploy_dir: str = ""  # the merged distilled student; empty = <run>/deploy
 data_pool_rows: int = 400  # read only the first N rows of each split (0 = all)
 bench_size: int = 8  # validation questions scored
-max_length: int = 128  # tokens per prompt
+max_length: int = 160  # tokens per prompt
 max_new_tokens: int = 8  # greedy decoding budget
 bench_batch_size: int = 4  # prompts per generation batch
 bench_warmup: int = 1  # untimed warm-up batches

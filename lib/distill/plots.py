@@ -9,12 +9,10 @@ import matplotlib.pyplot as plt
 COMPONENTS = ("total", "ce", "kd", "hidden")
 
 
-def save(fig, folder: Path, name: str) -> Path:
+def save(fig, folder: Path, name: str) -> None:
     """Write `<folder>/<name>.png`; in a notebook the inline backend also shows the figure."""
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}.png"
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    return path
+    fig.savefig(folder / f"{name}.png", dpi=110, bbox_inches="tight")
 
 
 def loss_components(log_history: list[dict[str, Any]], title: str):

@@ -51,6 +51,16 @@ def notebook_path(name: str) -> Path:
     return paths.NOTEBOOKS_DIR / f"{name}.py"
 
 
+def load_notebook(path: Path):
+    """A py:percent notebook converted in memory, with the kernel papermill needs to run it."""
+    import jupytext
+
+    nb = jupytext.read(path)
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["language_info"] = {"name": "python"}
+    return nb
+
+
 def git_commit() -> dict[str, Any]:
     def git(*args: str) -> str:
         res = subprocess.run(["git", *args], cwd=paths.PROJECT_ROOT, capture_output=True, text=True)
@@ -101,10 +111,9 @@ def render_html(executed: Path, out_html: Path) -> None:
 
 
 def execute_step(step: Step, values: dict[str, Any], executed_dir: Path, report_dir: Path) -> float:
-    import jupytext
     import papermill as pm
 
-    nb = jupytext.read(notebook_path(step.notebook))
+    nb = load_notebook(notebook_path(step.notebook))
     executed = executed_dir / f"{step.name}.ipynb"
     start = time.perf_counter()
     try:

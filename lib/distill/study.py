@@ -96,6 +96,7 @@ def load_student(p: StudyParams, device: torch.device):
 
 def calibration_batches(rows, tokenizer, p: StudyParams, n_batches: int = 4) -> list[dict[str, torch.Tensor]]:
     feats = data.encode_examples(rows, tokenizer, p.max_length, p.seed).features
+    n_batches = min(n_batches, max(1, len(feats) // p.batch_size))
     return [data.pad_batch(feats[i:i + p.batch_size], tokenizer.pad_token_id)
             for i in range(0, min(len(feats), n_batches * p.batch_size), p.batch_size)]
 
@@ -112,12 +113,11 @@ def save_student_init(p: StudyParams, student, tokenizer, info: dict[str, Any]) 
     return models.atomic_save_pretrained(student, tokenizer, student_init_dir(p), extra=extra)
 
 
-def write_json(path: Path, obj: Any) -> Path:
+def write_json(path: Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(obj, indent=1, default=str))
     tmp.replace(path)
-    return path
 
 
 def finetune_teacher(p: StudyParams, rows, device: torch.device) -> dict[str, Any]:

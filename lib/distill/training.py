@@ -26,8 +26,11 @@ class TrainResult:
     resumed_from: Path | None
 
 
-def loss_config(p: StudyParams, n_student_layers: int, n_teacher_layers: int, vocab_size: int | None) -> LossConfig:
-    layer_map = list(p.layer_map) or losses.uniform_layer_map(n_student_layers, n_teacher_layers)
+def loss_config(p: StudyParams, n_student_layers: int, n_teacher_layers: int, vocab_size: int | None,
+                pruned_from: list[int] | None = None) -> LossConfig:
+    """The loss settings; a student pruned from the teacher maps each layer to the one it was copied from."""
+    layer_map = list(p.layer_map) or list(pruned_from or []) or losses.uniform_layer_map(n_student_layers,
+                                                                                         n_teacher_layers)
     losses.check_layer_map(layer_map, n_student_layers, n_teacher_layers)
     return LossConfig(alpha_ce=p.alpha_ce, gamma_kl=p.gamma_kl, beta_mse=p.beta_mse, temperature=p.temperature,
                       kd_kind=p.kd_kind, jsd_beta=p.jsd_beta, distill_positions=p.distill_positions,
@@ -65,7 +68,6 @@ def training_args(p: StudyParams, output_dir: Path, max_steps: int, learning_rat
         gradient_checkpointing=p.gradient_checkpointing,
         dataloader_num_workers=0,
         disable_tqdm=False,
-        save_safetensors=True,
     )
 
 
