@@ -30,6 +30,10 @@ class LossConfig:
     hidden_loss: str = "mse"
     layer_map: list[int] = field(default_factory=list)
     vocab_size: int | None = None  # the shared tokenizer vocabulary; padded embedding rows are sliced off
+    # distill_positions "all": distilled positions per answer token over the training set. The KD sum is
+    # divided by (answer tokens of the accumulation window x this constant), which is linear in the
+    # micro-batches (so accumulation is exact) and close to a per-position mean.
+    positions_per_answer_token: float = 1.0
 
     @property
     def uses_teacher(self) -> bool:
@@ -83,8 +87,8 @@ class DistillationTrainer(Trainer):
         target_mask = labels[:, 1:] != -100
         n_items = target_mask.sum()
         total_items = num_items_in_batch if num_items_in_batch is not None else n_items
-        # Each micro-batch's teacher terms weigh by its share of the accumulation window's answer
-        # tokens, so splitting a step into micro-batches does not change what is optimised.
+        # The hidden term is a per-batch normalised mean; each micro-batch weighs it by its share of the
+        # window's answer tokens (CE and KD are sums over the window instead, hence exact).
         share = n_items / total_items.clamp(min=1) if torch.is_tensor(total_items) else n_items / max(total_items, 1)
         terms: dict[str, torch.Tensor] = {}
         if cfg.alpha_ce > 0:
@@ -101,9 +105,11 @@ class DistillationTrainer(Trainer):
                 kd_mask = attention[:, 1:].bool() & attention[:, :-1].bool()
                 hidden_mask = attention.bool()
             if cfg.gamma_kl > 0:
-                terms["kd"] = share * losses.kd_divergence(
+                per_item = 1.0 if cfg.distill_positions == "answer" else cfg.positions_per_answer_token
+                terms["kd"] = losses.kd_divergence(
                     outputs.logits[:, :-1], t_out.logits[:, :-1].to(outputs.logits.device), kd_mask,
-                    temperature=cfg.temperature, kind=cfg.kd_kind, beta=cfg.jsd_beta, vocab_size=cfg.vocab_size)
+                    temperature=cfg.temperature, kind=cfg.kd_kind, beta=cfg.jsd_beta, vocab_size=cfg.vocab_size,
+                    num_items=total_items * per_item)
             if cfg.beta_mse > 0:
                 terms["hidden"] = share * losses.hidden_losses(
                     outputs.hidden_states, tuple(h.to(outputs.logits.device) for h in t_out.hidden_states),

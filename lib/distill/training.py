@@ -82,6 +82,7 @@ def train(p: StudyParams, student, tokenizer, train_features, eval_features, out
     if cfg.beta_mse > 0 and projection is None:
         raise ValueError("beta_mse > 0 needs a HiddenProjection")
     max_steps = max_steps or p.max_steps
+    cfg.positions_per_answer_token = positions_per_answer_token(train_features)
     args = training_args(p, output_dir, max_steps, learning_rate or p.learning_rate,
                          evaluate=bool(eval_features))
     params = [q for q in student.parameters() if q.requires_grad]
@@ -108,6 +109,13 @@ def train(p: StudyParams, student, tokenizer, train_features, eval_features, out
                  {"best_checkpoint": trainer.state.best_model_checkpoint, "best_eval_loss": trainer.state.best_metric,
                   "layer_map": cfg.layer_map, "global_step": trainer.state.global_step})
     return TrainResult(trainer, trainer.state.log_history, best, resume)
+
+
+def positions_per_answer_token(features) -> float:
+    """Predicted real tokens per answer token over a training set (the KD normaliser for positions "all")."""
+    positions = sum(len(f["input_ids"]) - 1 for f in features)
+    answers = sum(sum(1 for x in f["labels"][1:] if x != -100) for f in features)
+    return positions / max(answers, 1)
 
 
 def save_trained(model, tokenizer, folder: Path, projection=None, info: dict | None = None) -> Path:
