@@ -107,3 +107,14 @@ def test_cli_run_validates_before_anything_loads(tmp_path):
 def test_cli_validate_ok():
     res = run_cli("validate", "params/smoke.yaml")
     assert res.returncode == 0, res.stderr
+
+
+def test_overrides_on_the_command_line(tmp_path):
+    p = params.load("params/smoke.yaml", overrides=["seed=3", "run_name=smoke_seed3", "learning_rate=5.0e-4"])
+    assert (p.seed, p.run_name, p.learning_rate) == (3, "smoke_seed3", 5.0e-4)
+    with pytest.raises(ParamsError, match="KEY=VALUE"):
+        params.load("params/smoke.yaml", overrides=["seed"])
+    with pytest.raises(ParamsError, match="sed"):
+        params.load("params/smoke.yaml", overrides=["sed=1"])
+    res = run_cli("validate", "params/smoke.yaml", "--set", "gamma_kl=-1")
+    assert res.returncode == 2 and "gamma_kl" in res.stderr

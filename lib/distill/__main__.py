@@ -15,6 +15,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--only", default="", help="comma-separated steps to run (default: all)")
     val = sub.add_parser("validate", help="only validate a params file")
     val.add_argument("params")
+    for p in (run, val):
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override one params key (YAML value), e.g. --set seed=1 --set run_name=x_seed1")
     sub.add_parser("params", help="list every params key with its type, default and meaning")
     bench = sub.add_parser("bench-model", help="(internal) benchmark one model in this process")
     bench.add_argument("spec")
@@ -34,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.out).write_text(json.dumps(result))
         return 0
     try:
-        p = load(args.params)
+        p = load(args.params, overrides=args.set)
     except ParamsError as err:
         print(f"error: {args.params}: {err}", file=sys.stderr)
         return 2

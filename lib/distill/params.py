@@ -236,8 +236,8 @@ def from_mapping(values: dict[str, Any]) -> StudyParams:
     return StudyParams(**values)
 
 
-def load(path: str | Path) -> StudyParams:
-    """Read and validate a params YAML file."""
+def load(path: str | Path, overrides: list[str] | None = None) -> StudyParams:
+    """Read and validate a params YAML file; `overrides` are `key=value` strings (values read as YAML)."""
     p = Path(path)
     if not p.exists():
         candidate = paths.PARAMS_DIR / f"{p.stem}.yaml"
@@ -253,6 +253,11 @@ def load(path: str | Path) -> StudyParams:
     if not isinstance(values, dict):
         raise ParamsError(f"{p}: expected a mapping of key: value at the top level")
     values.setdefault("run_name", p.stem)
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ParamsError(f"--set {item}: expected KEY=VALUE, e.g. --set seed=1")
+        values[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
     return from_mapping(values)
 
 

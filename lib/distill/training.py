@@ -28,10 +28,15 @@ class TrainResult:
 
 def loss_config(p: StudyParams, n_student_layers: int, n_teacher_layers: int, vocab_size: int | None,
                 pruned_from: list[int] | None = None) -> LossConfig:
-    """The loss settings; a student pruned from the teacher maps each layer to the one it was copied from."""
-    layer_map = list(p.layer_map) or list(pruned_from or []) or losses.uniform_layer_map(n_student_layers,
-                                                                                         n_teacher_layers)
-    losses.check_layer_map(layer_map, n_student_layers, n_teacher_layers)
+    """The loss settings; a student pruned from the teacher maps each layer to the one it was copied from.
+
+    The layer map only matters (and is only checked) when the hidden-state term is on.
+    """
+    layer_map: list[int] = []
+    if p.beta_mse > 0:
+        layer_map = list(p.layer_map) or list(pruned_from or []) or losses.uniform_layer_map(n_student_layers,
+                                                                                             n_teacher_layers)
+        losses.check_layer_map(layer_map, n_student_layers, n_teacher_layers)
     return LossConfig(alpha_ce=p.alpha_ce, gamma_kl=p.gamma_kl, beta_mse=p.beta_mse, temperature=p.temperature,
                       kd_kind=p.kd_kind, jsd_beta=p.jsd_beta, distill_positions=p.distill_positions,
                       hidden_loss=p.hidden_loss, layer_map=layer_map, vocab_size=vocab_size)
