@@ -1,6 +1,6 @@
 # distill-study: every entry point for people and CI. `make help` lists the targets.
 SHELL := /bin/bash
-PYTHON ?= python3.11
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # The CPU build of PyTorch (2.13.0 lies on this machine's disk); GPU users: make setup TORCH_SPEC='torch==2.13.0' TORCH_INDEX='--index-url https://download.pytorch.org/whl/cu128'
@@ -19,7 +19,7 @@ help: ## list the targets
 	@echo "  variables: PROFILE=$(PROFILE) (a params/*.yaml name), SQUAD_DIR=$(SQUAD_DIR)"
 
 $(VENV)/.installed: pyproject.toml constraints.txt
-	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run make PYTHON=python3"; exit 1; }
+	@test -n "$(PYTHON)" || { echo "error: no python3.11 or python3 on PATH; install Python 3.11"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_INDEX) '$(TORCH_SPEC)'
@@ -37,7 +37,7 @@ test-fast: setup ## the unit tests only (skips the end-to-end runs)
 study: setup ## run the whole study for PROFILE and render reports/<run>/ (default: the offline CPU profile)
 	$(PY) -m distill run params/$(PROFILE).yaml
 
-smoke: setup ## the whole study on tiny models in about a minute: reports/smoke/
+smoke: setup ## the whole study on tiny models in about two minutes: reports/smoke/
 	$(PY) -m distill run params/smoke.yaml
 
 validate: setup ## only validate params/$(PROFILE).yaml

@@ -1,188 +1,327 @@
 """Loss terms of the study, as pure functions (plus the learned width projection they may use).
 
-All terms compute in float32 whatever the input dtype, and a term whose mask selects nothing is an
-exact zero that keeps the graph (never NaN).
+Every term computes in float32 whatever the input dtype, and a term whose mask selects nothing is
+an exact zero that keeps the graph (never NaN).
 """
 from __future__ import annotations
 
 import math
+import operator
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
+from torch.autograd.function import once_differentiable
 
-KINDS = ("forward_kl", "reverse_kl", "jsd")
+KD_KINDS = ("forward_kl", "reverse_kl", "jsd")
+HIDDEN_KINDS = ("mse", "cosine")
 PROJECTION_FILE = "hidden_projection.safetensors"
+
+# Stand-in for -inf logits (a masked vocabulary): the softmax is the same, but 0 * inf = NaN in the
+# KL sums is avoided. Small enough that differences of two such log-probabilities stay finite.
+_NEG_LOGIT = -1e30
 
 
 def _zero(like: torch.Tensor) -> torch.Tensor:
+    # Multiplying keeps `like` in the graph, so backward() works and gives zero gradients.
     return like.sum().float() * 0.0
 
 
 def answer_ce(logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
-    """Causal-LM cross-entropy on the gold answer: logits[:, t] predict labels[:, t + 1]; -100 is ignored.
+    """Causal-LM cross-entropy: logits[:, t] predict labels[:, t + 1]; label -100 is ignored.
 
-    The sum over answer tokens is divided by `num_items_in_batch` (the whole accumulation window's
-    answer tokens) when given, so gradient accumulation is exact; else by this batch's count.
+    The sum over valid tokens is divided by `num_items_in_batch` when given (the valid tokens of the
+    whole accumulation window, as HF Trainer passes it, so accumulation is exact), else by this
+    batch's count.
     """
-    pred = logits[:, :-1].float()
-    target = labels[:, 1:]
+    if logits.dim() != 3 or labels.shape != logits.shape[:2]:
+        raise ValueError(f"answer_ce: logits {tuple(logits.shape)} and labels {tuple(labels.shape)}; "
+                         "expected [B, T, V] and [B, T]")
+    target = labels[:, 1:].to(logits.device)
     valid = target != -100
     if not valid.any():
         return _zero(logits)
-    total = F.cross_entropy(pred[valid], target[valid], reduction="sum")
+    # Gather the answer rows before upcasting: a float32 copy of all [B, T, V] logits is the big cost.
+    rows = logits[:, :-1][valid].float()
+    total = F.cross_entropy(rows, target[valid], reduction="sum")
     denom = num_items_in_batch if num_items_in_batch is not None else valid.sum()
     return total / denom
 
 
-def _pointwise(s_logits: torch.Tensor, t_logits: torch.Tensor, temperature: float, kind: str,
-               beta: float) -> torch.Tensor:
-    """Divergence per row of [N, V] logits (float32), before the T^2 factor."""
-    log_s = F.log_softmax(s_logits.float() / temperature, dim=-1)
-    log_t = F.log_softmax(t_logits.float() / temperature, dim=-1)
-    if kind == "forward_kl":  # KL(t || s)
-        return (log_t.exp() * (log_t - log_s)).sum(-1)
-    if kind == "reverse_kl":  # KL(s || t)
-        return (log_s.exp() * (log_s - log_t)).sum(-1)
-    # generalized JSD (GKD): m = beta t + (1 - beta) s, computed in log space for stability
-    log_m = torch.logsumexp(torch.stack([log_t + math.log(beta), log_s + math.log(1 - beta)]), dim=0)
-    kl_t = (log_t.exp() * (log_t - log_m)).sum(-1)
-    kl_s = (log_s.exp() * (log_s - log_m)).sum(-1)
-    return beta * kl_t + (1 - beta) * kl_s
+def _log_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    x = logits.float()
+    if temperature != 1.0:
+        x = x / temperature
+    neg_inf = torch.isneginf(x)
+    if neg_inf.any():  # only then: masked_fill keeps a bool mask for backward
+        x = x.masked_fill(neg_inf, _NEG_LOGIT)
+    return F.log_softmax(x, dim=-1)
+
+
+def _kl_rows(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    return (log_p.exp() * (log_p - log_q)).sum(-1)
+
+
+def _divergence_sum(s_logits: torch.Tensor, t_logits: torch.Tensor, temperature: float, kind: str,
+                    beta: float) -> torch.Tensor:
+    """Sum over the rows of [N, V] logits of D(row), float32, before the T^2 factor."""
+    log_s = _log_probs(s_logits, temperature)
+    log_t = _log_probs(t_logits, temperature)
+    if kind == "forward_kl":
+        return _kl_rows(log_t, log_s).sum()
+    if kind == "reverse_kl":
+        return _kl_rows(log_s, log_t).sum()
+    # log m = logsumexp(log beta + log t, log(1 - beta) + log s): logaddexp is that two-term
+    # logsumexp without stacking a [2, N, V] copy.
+    log_m = torch.logaddexp(log_t + math.log(beta), log_s + math.log1p(-beta))
+    return (beta * _kl_rows(log_t, log_m) + (1.0 - beta) * _kl_rows(log_s, log_m)).sum()
+
+
+class _ChunkedDivergence(torch.autograd.Function):
+    """Sum of D over the rows (b_idx, t_idx) of [B, T, V] logits, chunk_size rows at a time.
+
+    Instead of torch.utils.checkpoint, each chunk's gradient is computed right away in forward and
+    written into one buffer the size of the student logits (the gradient autograd would hand back
+    anyway): nothing chunk-sized outlives its chunk, backward only scales the buffer, and no chunk
+    is computed twice. (Checkpointed chunks would recompute, and joining their gradients costs a
+    second logits-sized buffer.) Rows are gathered chunk by chunk, so no [N, V] copy is made.
+    """
+
+    @staticmethod
+    def forward(ctx, student, teacher, b_idx, t_idx, temperature, kind, beta, chunk_size):
+        grad = torch.zeros_like(student) if ctx.needs_input_grad[0] else None
+        parts = []
+        for start in range(0, b_idx.numel(), chunk_size):
+            rows = b_idx[start:start + chunk_size], t_idx[start:start + chunk_size]
+            s, t = student[rows], teacher[rows]
+            if grad is None:
+                parts.append(_divergence_sum(s, t, temperature, kind, beta))
+                continue
+            s = s.detach().requires_grad_(True)
+            with torch.enable_grad():
+                value = _divergence_sum(s, t, temperature, kind, beta)
+                (grad_s,) = torch.autograd.grad(value, s)
+            grad[rows] = grad_s
+            parts.append(value.detach())
+        ctx.grad = grad
+        return torch.stack(parts).sum()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        grad, ctx.grad = ctx.grad, None
+        if grad is None:
+            raise RuntimeError("kd_divergence with chunk_size: backward through the same loss twice "
+                               "(retain_graph=True) is not supported")
+        return grad.mul_(grad_out), None, None, None, None, None, None, None
 
 
 def kd_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor,
                   temperature: float = 1.0, kind: str = "forward_kl", beta: float = 0.5,
                   chunk_size: int | None = None, num_items=None, vocab_size: int | None = None) -> torch.Tensor:
-    """Mean over masked positions of T^2 * D(teacher, student) between temperature-softened distributions.
+    """Mean over masked positions of T^2 * D(t, s), t = softmax(teacher / T), s = softmax(student / T).
 
-    Logits are `[batch, seq, vocab]` and already aligned; `mask` is `[batch, seq]` bool. kinds:
-    forward_kl = KL(t||s), reverse_kl = KL(s||t), jsd = beta KL(t||m) + (1-beta) KL(s||m) with
-    m = beta t + (1-beta) s. Only the masked rows are gathered; `chunk_size` bounds the float32
-    working memory to chunk_size x vocab per step (each chunk is recomputed in backward).
-    `vocab_size` slices padded embedding rows off both (teacher and student may differ there).
+    Logits are `[batch, seq, vocab]` and already aligned (no shift here); `mask` is `[batch, seq]`.
+    kind: forward_kl = KL(t||s); reverse_kl = KL(s||t); jsd = beta KL(t||m) + (1-beta) KL(s||m) with
+    m = beta t + (1-beta) s (GKD's generalized JSD, 0 < beta < 1). The teacher is a fixed target
+    (detached). `num_items` replaces the masked count as divisor (exact gradient accumulation).
+    `vocab_size` compares only the first vocab_size columns (padded embedding rows differ between
+    models). Only masked rows are used; `chunk_size` bounds the float32 work to chunk_size rows at a
+    time, in backward too (see _ChunkedDivergence).
     """
-    if kind not in KINDS:
-        raise ValueError(f"kind: got {kind!r}; expected one of {KINDS}")
+    if kind not in KD_KINDS:
+        raise ValueError(f"kind: got {kind!r}; expected one of {KD_KINDS}")
     if kind == "jsd" and not 0.0 < beta < 1.0:
-        raise ValueError(f"beta: got {beta}; the generalized JSD needs 0 < beta < 1")
-    if vocab_size is not None:
+        raise ValueError(f"beta: got {beta}; the generalized JSD needs 0 < beta < 1 "
+                         "(its limits are forward_kl and reverse_kl, use those kinds)")
+    if not temperature > 0:
+        raise ValueError(f"temperature: got {temperature}; must be > 0")
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size: got {chunk_size}; must be >= 1 or None")
+    v_s, v_t = student_logits.shape[-1], teacher_logits.shape[-1]
+    if vocab_size is None:
+        if v_s != v_t:
+            raise ValueError(f"student vocab {v_s} != teacher vocab {v_t}: the logits have different widths; "
+                             "pass vocab_size (the shared tokenizer size) to compare the first vocab_size columns")
+    else:
+        if not 0 < vocab_size <= min(v_s, v_t):
+            raise ValueError(f"vocab_size {vocab_size} must be in [1, {min(v_s, v_t)}] "
+                             f"(student vocab {v_s}, teacher vocab {v_t})")
         student_logits, teacher_logits = student_logits[..., :vocab_size], teacher_logits[..., :vocab_size]
-    elif student_logits.shape[-1] != teacher_logits.shape[-1]:
-        raise ValueError(f"student vocab {student_logits.shape[-1]} != teacher vocab {teacher_logits.shape[-1]}; "
-                         "pass vocab_size (the tokenizer's size) to compare on the shared vocabulary")
-    mask = mask.bool()
-    if not mask.any():
+    if (student_logits.dim() != 3 or student_logits.shape[:-1] != teacher_logits.shape[:-1]
+            or mask.shape != student_logits.shape[:-1]):
+        raise ValueError(f"kd_divergence: student {tuple(student_logits.shape)}, teacher "
+                         f"{tuple(teacher_logits.shape)} and mask {tuple(mask.shape)} do not line up "
+                         "(expected [B, T, V], [B, T, V] and [B, T])")
+    mask = mask.to(device=student_logits.device, dtype=torch.bool)
+    n = int(mask.sum())
+    if n == 0:
         return _zero(student_logits)
-    s_rows, t_rows = student_logits[mask], teacher_logits[mask].detach()
-    n = s_rows.shape[0]
-    step = chunk_size or n
-    total = _zero(student_logits)
-    for i in range(0, n, step):
-        s, t = s_rows[i:i + step], t_rows[i:i + step]
-        if chunk_size and s.requires_grad:
-            per_row = checkpoint(_pointwise, s, t, temperature, kind, beta, use_reentrant=False)
+    teacher_logits = teacher_logits.detach()
+    if chunk_size is not None and chunk_size < n:
+        b_idx, t_idx = mask.nonzero(as_tuple=True)
+        total = _ChunkedDivergence.apply(student_logits, teacher_logits, b_idx, t_idx, temperature, kind, beta,
+                                         chunk_size)
+    else:
+        vocab = student_logits.shape[-1]
+        if n == mask.numel():  # every position: reshape is a view for contiguous logits, no gathered copy
+            s_rows, t_rows = student_logits.reshape(-1, vocab), teacher_logits.reshape(-1, vocab)
         else:
-            per_row = _pointwise(s, t, temperature, kind, beta)
-        total = total + per_row.sum()
+            s_rows, t_rows = student_logits[mask], teacher_logits[mask]
+        total = _divergence_sum(s_rows, t_rows, temperature, kind, beta)
     denom = num_items if num_items is not None else n
-    return temperature ** 2 * total / denom
+    return total * (temperature ** 2) / denom
 
 
 def uniform_layer_map(n_student: int, n_teacher: int) -> list[int]:
-    """Student layer i -> teacher layer round((i + 1) * n_teacher / n_student) - 1 (last maps to last)."""
-    return [round((i + 1) * n_teacher / n_student) - 1 for i in range(n_student)]
+    """Student layer i -> teacher layer round((i + 1) * n_teacher / n_student) - 1.
+
+    Python's round (halves go to the even integer: (4, 6) gives [1, 2, 3, 5]). The last student
+    layer maps to the last teacher layer; a student deeper than its teacher maps its first layers
+    to teacher layer 0 (the formula would give -1 there).
+    """
+    if n_student < 1 or n_teacher < 1:
+        raise ValueError(f"layer counts must be >= 1: student {n_student}, teacher {n_teacher}")
+    return [max(0, round((i + 1) * n_teacher / n_student) - 1) for i in range(n_student)]
 
 
-def check_layer_map(layer_map: list[int], n_student: int, n_teacher: int) -> None:
+def check_layer_map(layer_map, n_student: int, n_teacher: int) -> None:
+    """Raise ValueError unless `layer_map` gives each of n_student layers a teacher layer in [0, n_teacher)."""
     if len(layer_map) != n_student:
-        raise ValueError(f"layer_map: {len(layer_map)} entries for a student of {n_student} layers")
-    bad = [t for t in layer_map if not 0 <= t < n_teacher]
+        raise ValueError(f"layer_map has {len(layer_map)} entries for a student of {n_student} layers")
+    try:
+        idx = [operator.index(t) for t in layer_map]
+    except TypeError:
+        raise ValueError(f"layer_map entries must be integers: {list(layer_map)}") from None
+    bad = [t for t in idx if not 0 <= t < n_teacher]
     if bad:
-        raise ValueError(f"layer_map: teacher layers {bad} out of range [0, {n_teacher})")
+        raise ValueError(f"layer_map: teacher layers {bad} out of range [0, {n_teacher}) "
+                         f"for a teacher of {n_teacher} layers")
 
 
 def hidden_state_loss(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, mask: torch.Tensor,
                       kind: str = "mse", projection: nn.Module | None = None) -> torch.Tensor:
-    """One mapped layer pair, over masked positions.
+    """Distance between one mapped pair of hidden states `[B, T, D]` over masked positions (float32).
 
-    mse: mean squared error divided by the teacher states' mean square (detached): Gemma scales its
-    embeddings by sqrt(hidden), so raw MSE would grow with width and dwarf the other terms; the
-    normalised loss is scale free (1.0 = as far as predicting zeros). cosine: mean (1 - cos).
+    The student is first mapped to the teacher's width by `projection` when given. mse: mean over
+    masked positions of mean_d (s - t)^2, divided by the mean square of the (detached) teacher
+    states over those positions. Gemma multiplies its embeddings by sqrt(hidden), so raw MSE scales
+    with the model's width and would dwarf the other terms; the normalised loss is scale-free
+    (1.0 = no better than predicting zeros). cosine: mean over masked positions of 1 - cos(s, t).
     """
-    mask = mask.bool()
-    if not mask.any():
-        return _zero(student_hidden)
+    if kind not in HIDDEN_KINDS:
+        raise ValueError(f"hidden loss kind: got {kind!r}; expected one of {HIDDEN_KINDS}")
+    if student_hidden.shape[:-1] != teacher_hidden.shape[:-1] or mask.shape != student_hidden.shape[:-1]:
+        raise ValueError(f"hidden_state_loss: student {tuple(student_hidden.shape)}, teacher "
+                         f"{tuple(teacher_hidden.shape)} and mask {tuple(mask.shape)} do not line up")
+    mask = mask.to(device=student_hidden.device, dtype=torch.bool)
     s = student_hidden[mask].float()
-    t = teacher_hidden[mask].float().detach()
+    t = teacher_hidden[mask].detach().float()
     if projection is not None:
-        s = projection(s)
+        # Run even on zero rows, so a wrong width is reported whether or not the mask selects anything.
+        weight = next(projection.parameters(), None)
+        s = projection(s if weight is None else s.to(weight.dtype)).float()
     if s.shape[-1] != t.shape[-1]:
-        raise ValueError(f"hidden sizes differ (student {s.shape[-1]}, teacher {t.shape[-1]}): pass a projection")
+        raise ValueError(f"hidden widths differ (student {s.shape[-1]}, teacher {t.shape[-1]}): "
+                         "pass a projection (e.g. HiddenProjection(student_dim, teacher_dim))")
+    if s.shape[0] == 0:
+        return _zero(student_hidden)
     if kind == "cosine":
-        return (1 - F.cosine_similarity(s, t, dim=-1)).mean()
-    if kind != "mse":
-        raise ValueError(f"hidden_loss: got {kind!r}; expected mse or cosine")
-    return ((s - t) ** 2).mean() / (t ** 2).mean().clamp(min=1e-12)
+        return (1.0 - F.cosine_similarity(s, t, dim=-1)).mean()
+    scale = t.pow(2).mean().clamp(min=torch.finfo(torch.float32).tiny)
+    return (s - t).pow(2).mean() / scale
 
 
-def hidden_losses(student_hiddens, teacher_hiddens, layer_map: list[int], mask: torch.Tensor,
-                  kind: str = "mse", projection: nn.Module | None = None) -> torch.Tensor:
-    """Mean over student layers of the loss against the mapped teacher layer.
+def hidden_losses(student_hiddens, teacher_hiddens, layer_map, mask: torch.Tensor, kind: str = "mse",
+                  projection: nn.Module | None = None) -> torch.Tensor:
+    """Mean over student layers i of hidden_state_loss(student layer i, teacher layer layer_map[i]).
 
-    HF's `hidden_states[i + 1]` is layer i's output (index 0 is the embeddings); the last entry is
-    after the final norm in Llama/Gemma, which both sides share, so the pairing stays like for like.
+    The inputs are HF's `hidden_states` tuples (output_hidden_states=True); one projection is shared.
     """
-    check_layer_map(layer_map, len(student_hiddens) - 1, len(teacher_hiddens) - 1)
-    terms = [hidden_state_loss(student_hiddens[i + 1], teacher_hiddens[t + 1], mask, kind, projection)
-             for i, t in enumerate(layer_map)]
+    # HF: index 0 is the embeddings and index i + 1 the output of layer i. The last entry is taken
+    # after the final norm in most models (transformers ties it to last_hidden_state), so mapping the
+    # last student layer to the last teacher layer (as uniform_layer_map does) compares post-norm
+    # with post-norm; other maps onto the last teacher layer compare pre- with post-norm states.
+    n_student, n_teacher = len(student_hiddens) - 1, len(teacher_hiddens) - 1
+    check_layer_map(layer_map, n_student, n_teacher)
+    terms = []
+    for i, t in enumerate(layer_map):
+        s_h, t_h = student_hiddens[i + 1], teacher_hiddens[t + 1]
+        if s_h is None or t_h is None:  # transformers can return None for unselected layers
+            raise ValueError(f"hidden state missing for student layer {i} or teacher layer {t}: "
+                             "request all hidden states (output_hidden_states=True)")
+        terms.append(hidden_state_loss(s_h, t_h, mask, kind, projection))
     return torch.stack(terms).mean()
 
 
 class HiddenProjection(nn.Module):
-    """A learned linear map from the student's width to the teacher's, trained with the student."""
+    """Learned linear map from the student's hidden width to the teacher's (no bias)."""
 
     def __init__(self, student_dim: int, teacher_dim: int):
         super().__init__()
         self.linear = nn.Linear(student_dim, teacher_dim, bias=False)
-        # Identity when widths match, else a semi-orthogonal map: norms are kept from the first step,
-        # so the hidden term starts at a meaningful size instead of the noise of a random init.
+        # Identity for equal widths; else (semi-)orthogonal, an isometry onto (or off) the wider space.
+        # Either way the projected states keep the student's norms and geometry from step 0, so the
+        # hidden term starts at a meaningful size instead of the noise of a random init.
         with torch.no_grad():
             if student_dim == teacher_dim:
                 self.linear.weight.copy_(torch.eye(teacher_dim))
             else:
                 nn.init.orthogonal_(self.linear.weight)
 
+    @property
+    def student_dim(self) -> int:
+        return self.linear.in_features
+
+    @property
+    def teacher_dim(self) -> int:
+        return self.linear.out_features
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(x.to(self.linear.weight.dtype))
 
     def save(self, folder: str | Path) -> Path:
+        """Write `hidden_projection.safetensors` into `folder` (widths in its metadata); returns the file."""
         from safetensors.torch import save_file
 
         path = Path(folder) / PROJECTION_FILE
-        w = self.linear.weight
-        save_file({"weight": w.detach().cpu().contiguous()}, str(path),
-                  metadata={"student_dim": str(w.shape[1]), "teacher_dim": str(w.shape[0])})
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({"weight": self.linear.weight.detach().cpu().contiguous()}, str(path),
+                  metadata={"student_dim": str(self.student_dim), "teacher_dim": str(self.teacher_dim)})
         return path
 
     @classmethod
-    def load(cls, folder: str | Path) -> "HiddenProjection":
+    def load(cls, folder: str | Path, device: str | torch.device = "cpu") -> "HiddenProjection":
+        """Read what `save` wrote into `folder` (the saved dtype is kept)."""
         from safetensors import safe_open
 
-        with safe_open(str(Path(folder) / PROJECTION_FILE), framework="pt") as fh:
-            meta = fh.metadata()
+        path = Path(folder) / PROJECTION_FILE
+        with safe_open(str(path), framework="pt", device="cpu") as fh:
+            meta = fh.metadata() or {}
             weight = fh.get_tensor("weight")
-        proj = cls(int(meta["student_dim"]), int(meta["teacher_dim"]))
+        try:
+            dims = int(meta["student_dim"]), int(meta["teacher_dim"])
+        except (KeyError, ValueError):
+            raise ValueError(f"{path}: metadata lacks student_dim/teacher_dim: {meta}") from None
+        if tuple(weight.shape) != (dims[1], dims[0]):
+            raise ValueError(f"{path}: weight {tuple(weight.shape)} does not match metadata widths {dims}")
+        proj = cls(*dims).to(weight.dtype)
         with torch.no_grad():
             proj.linear.weight.copy_(weight)
-        return proj
+        return proj.to(device)
 
 
 def total_loss(ce, kd, hidden, alpha_ce: float, gamma_kl: float, beta_mse: float) -> torch.Tensor:
-    """alpha_ce CE + gamma_kl KD + beta_mse hidden; callers skip (pass None for) terms whose weight is 0."""
-    parts = [w * t for w, t in ((alpha_ce, ce), (gamma_kl, kd), (beta_mse, hidden)) if t is not None and w]
-    if not parts:
-        raise ValueError("no loss term: every weight is 0 or every term was skipped")
-    return torch.stack(parts).sum() if len(parts) > 1 else parts[0]
+    """alpha_ce * ce + gamma_kl * kd + beta_mse * hidden.
+
+    Callers skip computing a term whose weight is 0 (no teacher forward, no hidden states) and pass
+    None for it; None terms count as 0, and a term with weight 0 is ignored even if given (so a
+    NaN there cannot leak in as 0 * NaN). With nothing left, a constant 0.
+    """
+    total = None
+    for weight, term in ((alpha_ce, ce), (gamma_kl, kd), (beta_mse, hidden)):
+        if term is None or weight == 0:
+            continue
+        total = weight * term if total is None else total + weight * term
+    return total if total is not None else torch.zeros(())
