@@ -25,7 +25,7 @@ qualitative_examples: int = 3  # validation examples shown side by side
 import pandas as pd
 from IPython.display import display
 
-from distill import benchmark, metrics, models, params, study
+from distill import benchmark, models, params, plots, study
 
 p = params.from_notebook(globals())
 models.setup_torch(p.seed, p.torch_threads)
@@ -38,6 +38,7 @@ sets = study.load_data(p)
 # %%
 merges = [study.merge_variant(p, v, device, sets.eval_rows[:4]) for v in study.VARIANTS]
 display(pd.DataFrame(merges))
+plots.save(plots.merge_check(merges, f"{p.run_name}: merged vs adapter logits"), p.report_dir, "merge_logit_check")
 
 # %% [markdown]
 # ## Answers side by side

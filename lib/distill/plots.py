@@ -109,6 +109,21 @@ def scores_bars(named_scores: dict[str, dict[str, float]], title: str):
     return fig
 
 
+def merge_check(merges: list[dict[str, Any]], title: str):
+    """Largest logit change caused by merging each adapter, against the tolerance (log scale)."""
+    fig, ax = plt.subplots(figsize=(5.5, 3))
+    names = [m["variant"] for m in merges]
+    diffs = [max(m["max_abs_logit_diff"], 1e-12) for m in merges]
+    ax.bar(names, diffs, color="#4c72b0")
+    ax.axhline(merges[0]["tolerance"], color="red", linestyle="--", label=f"tolerance {merges[0]['tolerance']:.0e}")
+    ax.set_yscale("log")
+    ax.set_ylabel("max |logit(merged) - logit(adapter)|")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
 def line(xs, ys, xlabel: str, ylabel: str, title: str):
     fig, ax = plt.subplots(figsize=(5.5, 3.2))
     ax.plot(xs, ys, "-o")
