@@ -1,5 +1,4 @@
 """Data: loading, deterministic subsets, prompts, windowing that never cuts the answer, label masking."""
-import gzip
 import json
 import random
 

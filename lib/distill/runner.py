@@ -9,7 +9,6 @@ import os
 import platform
 import re
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from importlib import metadata

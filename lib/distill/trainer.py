@@ -6,11 +6,9 @@ so the Trainer's own loop, checkpointing and gradient accumulation stay untouche
 from __future__ import annotations
 
 import json
-import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from transformers import Trainer, TrainerCallback
@@ -186,7 +184,3 @@ def write_log_history(trainer: Trainer, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(trainer.state.log_history, indent=1))
     tmp.replace(path)
-
-
-def finite_or_none(x: Any) -> Any:
-    return x if not isinstance(x, float) or math.isfinite(x) else None
