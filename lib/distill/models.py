@@ -274,32 +274,28 @@ def layer_importance(model, batches: Iterable[dict[str, torch.Tensor]]) -> list[
     one forward pass over the batches measures every layer.
     """
     model.eval()
-    n = len(decoder_layers(model))
+    layers = decoder_layers(model)
+    n = len(layers)
     total = torch.zeros(n, dtype=torch.float64)
     count = 0.0
-    for batch in batches:
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                    output_hidden_states=True, use_cache=False)
-        hs = out.hidden_states  # hs[i] is the input of layer i; hs[i+1] its output (the last one is normed)
-        mask = batch["attention_mask"].bool()
-        for i in range(n):
-            after = hs[i + 1] if i + 1 < n else _pre_norm_last(model, batch)
-            cos = torch.nn.functional.cosine_similarity(hs[i].float(), after.float(), dim=-1)
-            total[i] += (1 - cos)[mask].sum().double()
-        count += float(mask.sum())
-    return (total / max(count, 1.0)).tolist()
-
-
-def _pre_norm_last(model, batch):
-    """The last layer's output before the final norm (hidden_states[-1] is after it)."""
-    captured = {}
-    layer = decoder_layers(model)[-1]
-    hook = layer.register_forward_hook(lambda m, i, o: captured.setdefault("h", o[0] if isinstance(o, tuple) else o))
+    captured: dict[str, torch.Tensor] = {}
+    # hidden_states[-1] is after the final norm: the last layer's own output is taken by a hook
+    hook = layers[-1].register_forward_hook(
+        lambda m, i, o: captured.__setitem__("last", o[0] if isinstance(o, tuple) else o))
     try:
-        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+        for batch in batches:
+            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                        output_hidden_states=True, use_cache=False)
+            hs = out.hidden_states  # hs[i] is the input of layer i, hs[i + 1] its output
+            mask = batch["attention_mask"].bool()
+            for i in range(n):
+                after = hs[i + 1] if i + 1 < n else captured["last"]
+                cos = torch.nn.functional.cosine_similarity(hs[i].float(), after.float(), dim=-1)
+                total[i] += (1 - cos)[mask].sum().double()
+            count += float(mask.sum())
     finally:
         hook.remove()
-    return captured["h"]
+    return (total / max(count, 1.0)).tolist()
 
 
 def choose_layers(n_layers: int, keep: int, method: str, importance: list[float] | None = None) -> list[int]:

@@ -19,6 +19,14 @@ MODELS_DIR = Path(os.environ.get("DISTILL_MODELS_DIR", PROJECT_ROOT / "models"))
 SHARED_SQUAD_DIR = PROJECT_ROOT.parent / "shared" / "data" / "squad"
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write under a temporary name beside `path`, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
 def resolve(path: str | os.PathLike) -> Path:
     """A params path: absolute as given, relative ones against the project root."""
     p = Path(path).expanduser()

@@ -7,6 +7,8 @@ from typing import Any
 
 import pandas as pd
 
+from . import paths
+
 # (column, label, better): better says which direction is an improvement
 METRICS = [
     ("params_m", "parameters (M)", "lower"),
@@ -57,7 +59,6 @@ def comparison_text(df: pd.DataFrame, meta: dict[str, Any]) -> str:
 
 
 def write(df: pd.DataFrame, results: dict[str, dict[str, Any]], meta: dict[str, Any], folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
     files = {
         "results.txt": comparison_text(df, meta),
         "results.csv": df.to_csv(index_label="model"),
@@ -66,6 +67,4 @@ def write(df: pd.DataFrame, results: dict[str, dict[str, Any]], meta: dict[str, 
                                                              for n, r in results.items()}}, indent=1, default=str),
     }
     for name, text in files.items():
-        tmp = folder / f".{name}.tmp"
-        tmp.write_text(text)
-        tmp.replace(folder / name)
+        paths.write_text_atomic(folder / name, text)

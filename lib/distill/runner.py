@@ -104,9 +104,7 @@ def render_html(executed: Path, out_html: Path) -> None:
 
     nb = nbformat.read(executed, as_version=4)
     body, _ = HTMLExporter(template_name="lab").from_notebook_node(nb)
-    tmp = out_html.with_name(f".{out_html.name}.tmp")
-    tmp.write_text(redact(body), encoding="utf-8")
-    tmp.replace(out_html)
+    paths.write_text_atomic(out_html, redact(body))
 
 
 def execute_step(step: Step, values: dict[str, Any], executed_dir: Path, report_dir: Path) -> float:
@@ -156,10 +154,8 @@ wall time {manifest['wall_s']:.1f} s. Commit <code>{manifest['git']['commit'][:1
 {f'<h2>Results</h2><ul>{extras}</ul>' if extras else ''}
 <h2>Manifest</h2><pre>{html.escape(json.dumps(manifest, indent=1, default=str))}</pre></body></html>"""
     out = p.report_dir / "index.html"
-    tmp = out.with_name(".index.html.tmp")
-    tmp.write_text(redact(page), encoding="utf-8")
-    tmp.replace(out)
-    (p.report_dir / "manifest.json").write_text(redact(json.dumps(manifest, indent=1, default=str)))
+    paths.write_text_atomic(out, redact(page))
+    paths.write_text_atomic(p.report_dir / "manifest.json", redact(json.dumps(manifest, indent=1, default=str)))
     return out
 
 

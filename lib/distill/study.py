@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from . import data, models
+from . import data, models, paths
 from .params import StudyParams
 
 VARIANTS = ("distilled", "ce_baseline")
@@ -114,10 +114,7 @@ def save_student_init(p: StudyParams, student, tokenizer, info: dict[str, Any]) 
 
 
 def write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str))
-    tmp.replace(path)
+    paths.write_text_atomic(path, json.dumps(obj, indent=1, default=str))
 
 
 def finetune_teacher(p: StudyParams, rows, device: torch.device) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainerCallback
 
-from . import losses
+from . import losses, paths
 
 
 @dataclass
@@ -181,6 +181,4 @@ def last_checkpoint(output_dir: Path) -> Path | None:
 
 
 def write_log_history(trainer: Trainer, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(trainer.state.log_history, indent=1))
-    tmp.replace(path)
+    paths.write_text_atomic(path, json.dumps(trainer.state.log_history, indent=1))
