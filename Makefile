@@ -7,12 +7,16 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 PROFILE ?= smollm2-135m_to_pruned24_cpu
+# A seed sweep: SWEEP names the setting, SWEEP_ARGS changes it, e.g. SWEEP_ARGS='--set distill_positions=answer'
+SWEEP ?= default
+SEEDS ?= 0,1,2
+SWEEP_ARGS ?=
 # The offline SQuAD copy beside this checkout, when there is one (else params squad_dir or the hub).
 export SQUAD_DIR ?= $(wildcard $(abspath ../shared/data/squad))
 export PYTHONUNBUFFERED := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-fast study smoke validate params lab notebooks bench-loss clean
+.PHONY: help setup test test-fast study sweep smoke validate params lab notebooks bench-loss clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -36,6 +40,9 @@ test-fast: setup ## the unit tests only (skips the end-to-end runs)
 
 study: setup ## run the whole study for PROFILE and render reports/<run>/ (default: the offline CPU profile)
 	$(PY) -m distill run params/$(PROFILE).yaml
+
+sweep: setup ## after `make study`: train and score the students over SEEDS; reports/<run>/sweeps/summary.txt
+	$(PY) -m distill sweep params/$(PROFILE).yaml --name $(SWEEP) --seeds $(SEEDS) $(SWEEP_ARGS)
 
 smoke: setup ## the whole study on tiny models in about two minutes: reports/smoke/
 	$(PY) -m distill run params/smoke.yaml

@@ -78,3 +78,25 @@ def test_results_hold_all_four_models(smoke_run):
     text = (p.report_dir / "results.txt").read_text()
     assert "SQuAD F1" in text and "distilled vs teacher" in text
     assert (p.report_dir / "results.csv").read_text().startswith("model,")
+
+
+def test_seed_sweep_trains_scores_and_summarises(smoke_run):
+    res, p = smoke_run
+    assert res.returncode == 0
+    out = run_cli("sweep", "params/smoke.yaml", "--name", "t", "--seeds", "0,1", "--questions", "4",
+                  "--reference", "t/ce_baseline", timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    records = json.loads((p.report_dir / "sweeps" / "t.json").read_text())
+    assert sorted((r["seed"], r["variant"]) for r in records) == [
+        (0, "ce_baseline"), (0, "distilled"), (1, "ce_baseline"), (1, "distilled")]
+    assert all(r["n_examples"] == 4 and r["answer_loss"] > 0 for r in records)
+    # the seed moves training: the two seeds' students differ
+    by = {(r["seed"], r["variant"]): r["answer_loss"] for r in records}
+    assert by[(0, "distilled")] != by[(1, "distilled")]
+    summary = (p.report_dir / "sweeps" / "summary.txt").read_text()
+    assert "t/distilled" in summary and "minus t/ce_baseline" in summary and "reference/teacher" in summary
+    # a second call trains nothing and reuses the scores
+    again = run_cli("sweep", "params/smoke.yaml", "--name", "t", "--seeds", "0,1", "--questions", "4",
+                    "--reference", "t/ce_baseline", timeout=300)
+    assert again.returncode == 0 and "already trained" in again.stdout
+    assert json.loads((p.report_dir / "sweeps" / "t.json").read_text()) == records

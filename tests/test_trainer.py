@@ -95,6 +95,32 @@ def test_gradient_accumulation_is_exact(setup, tmp_path, positions):
     assert any(g.abs().sum() > 0 for g in g_full)
 
 
+def test_chunked_divergence_gives_the_same_loss_and_gradient(setup, tmp_path, monkeypatch):
+    """kd_chunk_size reaches the divergence and only bounds memory: loss and LoRA gradients do not move."""
+    p, teacher, student, tok, train, evalf, cfg, proj = make(setup, tmp_path, beta_mse=0.0, kd_chunk_size=7)
+    assert cfg.kd_chunk_size == 7
+    seen, real = [], losses.kd_divergence
+    monkeypatch.setattr(losses, "kd_divergence", lambda *a, **k: seen.append(k["chunk_size"]) or real(*a, **k))
+    batch = data.TrainCollator(tok.pad_token_id)(train[:4])
+    student.train()
+
+    def loss_and_grads(chunk):
+        cfg.kd_chunk_size = chunk
+        trainer = DistillationTrainer(model=student, args=training.training_args(p, tmp_path / "x", 1, 1e-3, evaluate=False),
+                                      teacher=teacher, loss_config=cfg)
+        student.zero_grad()
+        loss = trainer.compute_loss(student, batch)
+        loss.backward()
+        return float(loss), [q.grad.clone() for q in student.parameters() if q.requires_grad]
+
+    whole, g_whole = loss_and_grads(None)
+    chunked, g_chunked = loss_and_grads(7)
+    assert chunked == pytest.approx(whole, rel=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-6, rtol=1e-4) for a, b in zip(g_whole, g_chunked))
+    assert any(g.abs().sum() > 0 for g in g_whole)
+    assert seen == [None, 7]
+
+
 def test_resume_after_a_crash_continues_from_the_checkpoint(setup, tmp_path, monkeypatch):
     p, teacher, student, tok, train, evalf, cfg, proj = make(setup, tmp_path, max_steps=4, eval_steps=2)
     original = DistillationTrainer.compute_loss

@@ -1,4 +1,4 @@
-"""Command line: `python -m distill run|validate|params|bench-model` (see `--help`)."""
+"""Command line: `python -m distill run|validate|sweep|params|bench-model` (see `--help`)."""
 from __future__ import annotations
 
 import argparse
@@ -18,6 +18,17 @@ def main(argv: list[str] | None = None) -> int:
     for p in (run, val):
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override one params key (YAML value), e.g. --set seed=1 --set run_name=x_seed1")
+    sweep = sub.add_parser("sweep", help="train and score the students over several seeds from the base run's "
+                           "teacher and pruned student; writes reports/<run>/sweeps/summary.txt")
+    sweep.add_argument("params")
+    sweep.add_argument("--name", required=True, help="names this setting, e.g. default or answer_positions")
+    sweep.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+    sweep.add_argument("--variants", default="distilled,ce_baseline", help="which students to train and score")
+    sweep.add_argument("--questions", type=int, default=0, help="validation questions scored (0 = bench_size)")
+    sweep.add_argument("--reference", default="default/ce_baseline",
+                       help="SWEEP/VARIANT the paired differences are taken against")
+    sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="a params key changed for this sweep's students, e.g. --set distill_positions=answer")
     sub.add_parser("params", help="list every params key with its type, default and meaning")
     bench = sub.add_parser("bench-model", help="(internal) benchmark one model in this process")
     bench.add_argument("spec")
@@ -36,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         result = run_model_benchmark(json.loads(Path(args.spec).read_text()))
         Path(args.out).write_text(json.dumps(result))
         return 0
+    if args.command == "sweep":
+        return _sweep(args)
     try:
         p = load(args.params, overrides=args.set)
     except ParamsError as err:
@@ -52,6 +65,32 @@ def main(argv: list[str] | None = None) -> int:
     except (ParamsError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from . import sweep
+    from .params import ParamsError, load, parse_overrides
+
+    try:
+        base = load(args.params)
+        overrides = parse_overrides(args.set)
+        if not all(s.strip().isdigit() for s in args.seeds.split(",") if s.strip()):
+            raise ParamsError(f"--seeds {args.seeds}: expected comma-separated whole numbers, e.g. 0,1,2")
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+        reference = tuple(args.reference.split("/", 1))
+        if len(reference) != 2:
+            raise ParamsError(f"--reference {args.reference}: expected SWEEP/VARIANT, e.g. default/ce_baseline")
+        n_questions = args.questions or base.bench_size
+        records = sweep.run_sweep(base, args.name, seeds, variants, overrides, n_questions)
+    except (ParamsError, ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    sweep.save_records(base, args.name, records)
+    sweep.save_records(base, "reference", sweep.score_references(base, n_questions))
+    summary = sweep.write_summary(base, reference)
+    print(summary.read_text())
+    return 0
 
 
 if __name__ == "__main__":

@@ -97,6 +97,8 @@ class StudyParams:
     temperature: float = _f(2.0, "softening temperature of the divergence", gt=0)
     kd_kind: Literal["forward_kl", "reverse_kl", "jsd"] = _f("forward_kl", "the divergence")
     jsd_beta: float = _f(0.5, "generalized JSD mixture weight (only for kd_kind: jsd)", gt=0.0, lt=1.0)
+    kd_chunk_size: int = _f(0, "positions per chunk of the divergence (bounds its float32 memory at a large "
+                               "vocabulary, e.g. 64 for Gemma's 256k); 0 = all at once", min=0)
     distill_positions: Literal["answer", "all"] = _f(
         "all", "teacher terms on answer tokens only, or every non-padding token")
     layer_map: list[int] = _f([], "teacher layer for each student layer; empty = uniform spread")
@@ -252,12 +254,19 @@ def load(path: str | Path, overrides: list[str] | None = None) -> StudyParams:
     if not isinstance(values, dict):
         raise ParamsError(f"{p}: expected a mapping of key: value at the top level")
     values.setdefault("run_name", p.stem)
-    for item in overrides or []:
+    values.update(parse_overrides(overrides or []))
+    return from_mapping(values)
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`KEY=VALUE` strings (values read as YAML) as a mapping; the keys are checked where it is applied."""
+    out: dict[str, Any] = {}
+    for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise ParamsError(f"--set {item}: expected KEY=VALUE, e.g. --set seed=1")
-        values[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
-    return from_mapping(values)
+        out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+    return out
 
 
 def from_notebook(namespace: dict[str, Any]) -> StudyParams:

@@ -24,6 +24,7 @@ class LossConfig:
     temperature: float = 2.0
     kd_kind: str = "forward_kl"
     jsd_beta: float = 0.5
+    kd_chunk_size: int | None = None  # rows of the divergence computed at a time; None = all
     distill_positions: str = "all"
     hidden_loss: str = "mse"
     layer_map: list[int] = field(default_factory=list)
@@ -107,7 +108,7 @@ class DistillationTrainer(Trainer):
                 terms["kd"] = losses.kd_divergence(
                     outputs.logits[:, :-1], t_out.logits[:, :-1].to(outputs.logits.device), kd_mask,
                     temperature=cfg.temperature, kind=cfg.kd_kind, beta=cfg.jsd_beta, vocab_size=cfg.vocab_size,
-                    num_items=total_items * per_item)
+                    num_items=total_items * per_item, chunk_size=cfg.kd_chunk_size)
             if cfg.beta_mse > 0:
                 terms["hidden"] = share * losses.hidden_losses(
                     outputs.hidden_states, tuple(h.to(outputs.logits.device) for h in t_out.hidden_states),

@@ -38,7 +38,8 @@ def loss_config(p: StudyParams, n_student_layers: int, n_teacher_layers: int, vo
                                                                                              n_teacher_layers)
         losses.check_layer_map(layer_map, n_student_layers, n_teacher_layers)
     return LossConfig(alpha_ce=p.alpha_ce, gamma_kl=p.gamma_kl, beta_mse=p.beta_mse, temperature=p.temperature,
-                      kd_kind=p.kd_kind, jsd_beta=p.jsd_beta, distill_positions=p.distill_positions,
+                      kd_kind=p.kd_kind, jsd_beta=p.jsd_beta, kd_chunk_size=p.kd_chunk_size or None,
+                      distill_positions=p.distill_positions,
                       hidden_loss=p.hidden_loss, layer_map=layer_map, vocab_size=vocab_size)
 
 

@@ -1,0 +1,261 @@
+"""Seed sweeps: one training setting repeated over seeds, every student scored on the same questions.
+
+A difference between two students of one run is noise until it exceeds the seed-to-seed spread. A
+sweep trains the study's students (01_distill and, unless told otherwise, the CE-only baseline) once
+per seed, all from the base run's tuned teacher and pruned student, so that only the seed moves: it
+draws the training examples, their windows, the LoRA init and the batch order. Every student is then
+scored on one fixed set of validation questions (the base run's, so seeds do not also change the
+exam): teacher-forced answer loss and top-1 accuracy, and EM/F1 of greedy answers. The summary gives
+mean and standard deviation over seeds, and each setting's difference to a reference paired by seed
+(same seed, same training examples).
+
+    python -m distill sweep params/<profile>.yaml --name default --seeds 0,1,2
+    python -m distill sweep params/<profile>.yaml --name answer --seeds 0,1,2 \
+        --set distill_positions=answer --variants distilled
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+
+from . import benchmark, data, models, paths, study
+from .params import ParamsError, StudyParams
+
+VARIANT_STEPS = {"distilled": "01_distill", "ce_baseline": "01_distill_ce_baseline"}
+SCORES = ("answer_loss", "top1_accuracy", "exact_match", "f1")
+LOWER_IS_BETTER = {"answer_loss"}
+SHARED_MODELS = ("teacher", "student_init")
+
+
+def seed_run_name(base: StudyParams, name: str, seed: int) -> str:
+    # the leading underscore keeps per-seed reports out of git (see .gitignore); the summary is committed
+    return f"_{base.run_name}_{name}_seed{seed}"
+
+
+def seed_params(base: StudyParams, name: str, seed: int, overrides: dict[str, Any]) -> StudyParams:
+    if not name.replace("-", "").replace("_", "").isalnum():
+        raise ParamsError(f"--name {name!r}: use letters, digits, - and _ only (it names folders)")
+    run_name = seed_run_name(base, name, seed)
+    # beside the base run: under artifacts/ by default, or in the base run's own output_dir when it has one
+    output_dir = str(base.run_dir.parent / run_name) if base.output_dir else ""
+    return base.replace(**overrides, seed=seed, run_name=run_name, output_dir=output_dir, deploy_dir="")
+
+
+def share_base_models(base: StudyParams, p: StudyParams) -> None:
+    """Give a seed run the base run's tuned teacher and pruned student (hard links: no extra disk)."""
+    for name in SHARED_MODELS:
+        src, dst = base.run_dir / name, p.run_dir / name
+        if not (src / "config.json").exists():
+            if name == "teacher" and not base.teacher_finetune or name == "student_init" and base.student != "prune":
+                continue
+            raise FileNotFoundError(f"{src}: the base run has no {name}; make it first with "
+                                    f"`python -m distill run <params> --only 00_teacher`")
+        if dst.exists():
+            continue
+        tmp = dst.with_name(f".{dst.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(src, tmp, copy_function=_link_or_copy)
+        tmp.rename(dst)
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def trained(p: StudyParams, variant: str) -> bool:
+    return (study.variant_dir(p, variant) / "best").is_dir()
+
+
+def train_seed(base: StudyParams, p: StudyParams, variants: list[str], log: Callable[[str], None] = print) -> None:
+    """Run the training notebooks this seed still lacks (a finished variant is not trained again)."""
+    from .runner import run_study
+
+    share_base_models(base, p)
+    missing = [VARIANT_STEPS[v] for v in variants if not trained(p, v)]
+    if not missing:
+        log(f"{p.run_name}: {', '.join(variants)} already trained")
+        return
+    if run_study(p, only=missing, log=log) != 0:
+        raise RuntimeError(f"{p.run_name}: training failed; see {p.report_dir}/index.html")
+
+
+def questions(base: StudyParams, n: int) -> list[dict[str, Any]]:
+    """The base run's validation questions (a prefix of the same shuffle for any n)."""
+    dev = data.load_squad("validation", base.squad_dir, base.data_pool_rows)
+    return data.disjoint_subsets(dev, [n], base.seed)[0]
+
+
+def load_scored_model(p: StudyParams, who: str, device):
+    """(model, tokenizer) for a trained variant (adapter merged) or for the base run's teacher/student_init."""
+    from peft import PeftModel
+
+    if who in SHARED_MODELS:
+        source = str(p.run_dir / who)
+        return models.load_model(source, dtype=p.model_dtype, device=device), models.load_tokenizer(source)
+    best = study.variant_dir(p, who) / "best"
+    if not (best / "adapter_config.json").exists():
+        return models.load_model(str(best), dtype=p.model_dtype, device=device), models.load_tokenizer(str(best))
+    base_model, _ = study.load_student(p, device)
+    merged = PeftModel.from_pretrained(base_model, str(best)).merge_and_unload().eval()
+    return merged, models.load_tokenizer(str(best))
+
+
+def score(p: StudyParams, who: str, rows: list[dict[str, Any]], base_seed: int, device) -> dict[str, Any]:
+    """Quality scores of one model on `rows`, cached beside the model (a re-run does not score again)."""
+    cache = p.run_dir / f"scores_{who}_{len(rows)}q.json"
+    if cache.exists():
+        return json.loads(cache.read_text())
+    model, tokenizer = load_scored_model(p, who, device)
+    result = benchmark.evaluate(model, tokenizer, rows, max_length=p.max_length, max_new_tokens=p.max_new_tokens,
+                                batch_size=p.bench_batch_size, seed=base_seed, device=device)
+    out = {k: result[k] for k in (*SCORES, "n_examples", "answer_tokens")}
+    paths.write_text_atomic(cache, json.dumps(out, indent=1))
+    return out
+
+
+def run_sweep(base: StudyParams, name: str, seeds: list[int], variants: list[str], overrides: dict[str, Any],
+              n_questions: int, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Train what is missing, score every student; returns one record per (seed, variant)."""
+    unknown = set(variants) - set(VARIANT_STEPS)
+    if unknown:
+        raise ParamsError(f"--variants: unknown {sorted(unknown)}; choose from {', '.join(VARIANT_STEPS)}")
+    if not seeds:
+        raise ParamsError("--seeds: give at least one seed, e.g. --seeds 0,1,2")
+    runs = [seed_params(base, name, s, overrides) for s in seeds]  # validate every seed's params first
+    rows = questions(base, n_questions)
+    device = models.resolve_device(base.device)
+    records = []
+    for p in runs:
+        train_seed(base, p, variants, log)
+        for v in variants:
+            models.setup_torch(p.seed, p.torch_threads)
+            s = score(p, v, rows, base.seed, device)
+            log(f"{p.run_name} {v}: " + ", ".join(f"{k} {s[k]:.3f}" for k in SCORES))
+            records.append({"sweep": name, "variant": v, "seed": p.seed, **s,
+                            "overrides": json.dumps(overrides, sort_keys=True)})
+    return records
+
+
+def score_references(base: StudyParams, n_questions: int, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """The tuned teacher and the untrained pruned student on the same questions (the ceiling and the start)."""
+    rows = questions(base, n_questions)
+    device = models.resolve_device(base.device)
+    out = []
+    for who in SHARED_MODELS:
+        if not (base.run_dir / who / "config.json").exists():
+            continue
+        models.setup_torch(base.seed, base.torch_threads)
+        s = score(base, who, rows, base.seed, device)
+        log(f"{base.run_name} {who}: " + ", ".join(f"{k} {s[k]:.3f}" for k in SCORES))
+        out.append({"sweep": "reference", "variant": who, "seed": base.seed, **s, "overrides": "{}"})
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Summary across sweeps
+# --------------------------------------------------------------------------------------------
+def sweeps_dir(base: StudyParams) -> Path:
+    return base.report_dir / "sweeps"
+
+
+def save_records(base: StudyParams, name: str, records: list[dict[str, Any]]) -> Path:
+    out = sweeps_dir(base) / f"{name}.json"
+    paths.write_text_atomic(out, json.dumps(records, indent=1))
+    return out
+
+
+def load_records(folder: Path) -> list[dict[str, Any]]:
+    records: list[dict[str, Any]] = []
+    for f in sorted(folder.glob("*.json")):
+        if f.name != "summary.json":
+            records += json.loads(f.read_text())
+    return records
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else float("nan")
+
+
+def summarize(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """Mean and sample standard deviation over seeds of every score, one row per (sweep, variant)."""
+    out = []
+    for (sweep, variant), g in pd.DataFrame(records).groupby(["sweep", "variant"], sort=False):
+        row: dict[str, Any] = {"sweep": sweep, "variant": variant, "seeds": len(g),
+                               "questions": int(g["n_examples"].iloc[0]), "overrides": g["overrides"].iloc[0]}
+        for k in SCORES:
+            row[f"{k}_mean"], row[f"{k}_sd"] = _mean_sd(g[k].tolist())
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def paired_differences(records: list[dict[str, Any]], reference: tuple[str, str]) -> pd.DataFrame:
+    """Each (sweep, variant) minus the reference on the seeds both have: mean, sd, and how many seeds it won."""
+    df = pd.DataFrame(records)
+    ref = df[(df["sweep"] == reference[0]) & (df["variant"] == reference[1])].set_index("seed")
+    out = []
+    for (sweep, variant), g in df[df["sweep"] != "reference"].groupby(["sweep", "variant"], sort=False):
+        if (sweep, variant) == reference:
+            continue
+        g = g.set_index("seed")
+        common = sorted(set(g.index) & set(ref.index))
+        if not common:
+            continue
+        row: dict[str, Any] = {"sweep": sweep, "variant": variant, "vs": "/".join(reference),
+                               "paired_seeds": len(common)}
+        for k in SCORES:
+            diffs = [float(g.at[s, k] - ref.at[s, k]) for s in common]
+            row[f"{k}_diff_mean"], row[f"{k}_diff_sd"] = _mean_sd(diffs)
+            better = [d < 0 if k in LOWER_IS_BETTER else d > 0 for d in diffs]
+            row[f"{k}_better_in"] = f"{sum(better)}/{len(diffs)}"
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def summary_text(summary: pd.DataFrame, diffs: pd.DataFrame) -> str:
+    def pm(mean: float, sd: float, digits: int) -> str:
+        return f"{mean:.{digits}f}" + ("" if sd != sd else f" ± {sd:.{digits}f}")
+
+    lines = ["Seed sweeps: mean ± sample sd over seeds, every student scored on the same validation questions",
+             "", f"{'sweep/variant':34} {'seeds':>5} {'q':>4} {'answer loss':>15} {'top-1':>15} {'EM':>13} {'F1':>13}"]
+    for r in summary.itertuples():
+        lines.append(f"{r.sweep + '/' + r.variant:34} {r.seeds:>5} {r.questions:>4} "
+                     f"{pm(r.answer_loss_mean, r.answer_loss_sd, 3):>15} {pm(r.top1_accuracy_mean, r.top1_accuracy_sd, 3):>15} "
+                     f"{pm(r.exact_match_mean, r.exact_match_sd, 1):>13} {pm(r.f1_mean, r.f1_sd, 1):>13}")
+    if len(diffs):
+        lines += ["", f"Paired by seed, minus {diffs['vs'].iloc[0]} (better in: seeds where the row wins)", "",
+                  f"{'sweep/variant':34} {'seeds':>5} {'answer loss':>22} {'top-1':>22} {'EM':>18} {'F1':>18}"]
+        for r in diffs.itertuples():
+            lines.append(
+                f"{r.sweep + '/' + r.variant:34} {r.paired_seeds:>5} "
+                f"{pm(r.answer_loss_diff_mean, r.answer_loss_diff_sd, 3) + ' ' + r.answer_loss_better_in:>22} "
+                f"{pm(r.top1_accuracy_diff_mean, r.top1_accuracy_diff_sd, 3) + ' ' + r.top1_accuracy_better_in:>22} "
+                f"{pm(r.exact_match_diff_mean, r.exact_match_diff_sd, 1) + ' ' + r.exact_match_better_in:>18} "
+                f"{pm(r.f1_diff_mean, r.f1_diff_sd, 1) + ' ' + r.f1_better_in:>18}")
+    overrides = summary[summary["overrides"] != "{}"][["sweep", "overrides"]].drop_duplicates()
+    if len(overrides):
+        lines += ["", "Settings that differ from the profile:"]
+        lines += [f"  {r.sweep}: {r.overrides}" for r in overrides.itertuples()]
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(base: StudyParams, reference: tuple[str, str] = ("default", "ce_baseline")) -> Path:
+    """summary.txt/.csv/.json in reports/<base run>/sweeps/ from every sweep recorded there."""
+    folder = sweeps_dir(base)
+    records = load_records(folder)
+    if not records:
+        raise FileNotFoundError(f"{folder}: no sweep records; run `python -m distill sweep <params> --name ...` first")
+    summary, diffs = summarize(records), paired_differences(records, reference)
+    paths.write_text_atomic(folder / "summary.txt", summary_text(summary, diffs))
+    paths.write_text_atomic(folder / "summary.csv", pd.concat([summary, diffs]).to_csv(index=False))
+    paths.write_text_atomic(folder / "summary.json", json.dumps(
+        {"summary": summary.to_dict("records"), "paired_differences": diffs.to_dict("records")}, indent=1))
+    return folder / "summary.txt"

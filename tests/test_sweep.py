@@ -1,0 +1,60 @@
+"""Seed sweeps: the summary statistics, paired differences and the early errors."""
+import math
+
+import pytest
+
+from conftest import run_cli
+from distill import params, sweep
+
+
+def record(sweep_name, variant, seed, loss, f1):
+    return {"sweep": sweep_name, "variant": variant, "seed": seed, "answer_loss": loss, "top1_accuracy": 0.5,
+            "exact_match": f1 / 2, "f1": f1, "n_examples": 10, "answer_tokens": 30, "overrides": "{}"}
+
+
+RECORDS = [record("default", "ce_baseline", 0, 2.0, 10.0), record("default", "ce_baseline", 1, 3.0, 20.0),
+           record("default", "distilled", 0, 1.5, 14.0), record("default", "distilled", 1, 3.1, 22.0),
+           record("default", "distilled", 2, 9.0, 99.0),  # no baseline for seed 2: not paired
+           record("reference", "teacher", 0, 1.0, 50.0)]
+
+
+def test_summary_means_and_sample_sd():
+    s = sweep.summarize(RECORDS).set_index(["sweep", "variant"])
+    base = s.loc[("default", "ce_baseline")]
+    assert base["seeds"] == 2 and base["answer_loss_mean"] == pytest.approx(2.5)
+    assert base["answer_loss_sd"] == pytest.approx(math.sqrt(0.5))  # sample sd of (2, 3)
+    assert math.isnan(s.loc[("reference", "teacher")]["f1_sd"])  # one seed: no spread
+
+
+def test_paired_differences_use_common_seeds_only():
+    d = sweep.paired_differences(RECORDS, ("default", "ce_baseline"))
+    assert list(zip(d["sweep"], d["variant"])) == [("default", "distilled")]
+    row = d.iloc[0]
+    assert row["paired_seeds"] == 2
+    assert row["answer_loss_diff_mean"] == pytest.approx((-0.5 + 0.1) / 2)
+    assert row["f1_diff_mean"] == pytest.approx(3.0) and row["f1_diff_sd"] == pytest.approx(math.sqrt(2.0))
+    assert row["answer_loss_better_in"] == "1/2" and row["f1_better_in"] == "2/2"  # lower loss, higher F1 win
+    text = sweep.summary_text(sweep.summarize(RECORDS), d)
+    assert "default/distilled" in text and "-0.200 ± 0.424 1/2" in text
+
+
+def test_seed_run_names_stay_out_of_git_and_reject_odd_names():
+    base = params.load("params/smoke.yaml")
+    p = sweep.seed_params(base, "answer", 3, {"distill_positions": "answer"})
+    assert p.run_name == "_smoke_answer_seed3" and p.seed == 3 and p.distill_positions == "answer"
+    with pytest.raises(params.ParamsError, match="--name"):
+        sweep.seed_params(base, "a/b", 0, {})
+    with pytest.raises(params.ParamsError, match="unknown params key"):
+        sweep.seed_params(base, "x", 0, {"temprature": 1.0})
+
+
+def test_missing_base_teacher_is_named(tmp_path):
+    base = params.load("params/smoke.yaml").replace(output_dir=str(tmp_path / "base"))
+    p = sweep.seed_params(base, "x", 1, {})
+    with pytest.raises(FileNotFoundError, match="--only 00_teacher"):
+        sweep.share_base_models(base, p)
+
+
+def test_cli_rejects_a_bad_variant_before_any_work():
+    res = run_cli("sweep", "params/smoke.yaml", "--name", "x", "--variants", "distiled")
+    assert res.returncode == 2 and "unknown ['distiled']" in res.stderr
