@@ -133,3 +133,25 @@ def line(xs, ys, xlabel: str, ylabel: str, title: str):
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def seed_scores(records: list[dict[str, Any]], title: str):
+    """Every seed's score per (sweep, variant) as dots, the mean as a bar: the spread is visible at a glance."""
+    panels = (("answer_loss", "answer loss (nats, lower is better)"), ("top1_accuracy", "answer top-1 accuracy"),
+              ("exact_match", "SQuAD EM (%)"), ("f1", "SQuAD F1 (%)"))
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        groups.setdefault(f"{r['sweep']}/{r['variant']}", []).append(r)
+    names = list(groups)
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.8), squeeze=False)
+    for ax, (key, label) in zip(axes[0], panels):
+        for x, name in enumerate(names):
+            values = [r[key] for r in groups[name]]
+            ax.bar(x, sum(values) / len(values), color="#c6d4ea", width=0.6)
+            ax.scatter([x] * len(values), values, color="#4c72b0", s=18, zorder=3)
+        ax.set_xticks(range(len(names)), names, rotation=40, ha="right", fontsize=8)
+        ax.set_title(label, fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

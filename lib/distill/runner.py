@@ -142,8 +142,8 @@ def write_index(p: StudyParams, manifest: dict[str, Any]) -> Path:
         wall = f'{s["wall_s"]:.1f}' if s.get("wall_s") is not None else ""
         rows.append(f"<tr><td>{link}</td><td>{html.escape(s['title'])}</td><td>{s['status']}</td>"
                     f"<td style='text-align:right'>{wall}</td></tr>")
-    extras = "".join(f'<li><a href="{n}">{n}</a></li>' for n in ("results.txt", "results.csv", "results.json")
-                     if (p.report_dir / n).exists())
+    listed = ("results.txt", "results.csv", "results.json", "sweeps/summary.txt")
+    extras = "".join(f'<li><a href="{n}">{n}</a></li>' for n in listed if (p.report_dir / n).exists())
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>distill-study: {html.escape(p.run_name)}</title>
 <style>body{{font-family:sans-serif;max-width:960px;margin:2em auto}}td,th{{padding:4px 10px;border-bottom:1px solid #ddd}}
 pre{{background:#f6f6f6;padding:1em;overflow:auto}}</style></head><body>

@@ -22,9 +22,10 @@ import statistics
 from pathlib import Path
 from typing import Any, Callable
 
+import matplotlib.pyplot as plt
 import pandas as pd
 
-from . import benchmark, data, models, paths, study
+from . import benchmark, data, models, paths, plots, study
 from .params import ParamsError, StudyParams
 
 VARIANT_STEPS = {"distilled": "01_distill", "ce_baseline": "01_distill_ce_baseline"}
@@ -258,4 +259,8 @@ def write_summary(base: StudyParams, reference: tuple[str, str] = ("default", "c
     paths.write_text_atomic(folder / "summary.csv", pd.concat([summary, diffs]).to_csv(index=False))
     paths.write_text_atomic(folder / "summary.json", json.dumps(
         {"summary": summary.to_dict("records"), "paired_differences": diffs.to_dict("records")}, indent=1))
+    fig = plots.seed_scores(records, f"{base.run_name}: students over seeds "
+                                     f"({int(summary['questions'].iloc[0])} validation questions)")
+    plots.save(fig, folder, "seed_scores")
+    plt.close(fig)
     return folder / "summary.txt"
