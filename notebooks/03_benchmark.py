@@ -30,7 +30,7 @@ from pathlib import Path
 import pandas as pd
 from IPython.display import display
 
-from distill import benchmark, models, params, plots, results, study
+from distill import benchmark, models, params, plots, results, study, sweep
 
 p = params.from_notebook(globals())
 models.setup_torch(p.seed, p.torch_threads)
@@ -86,3 +86,12 @@ raw = pd.DataFrame({"question": [r["question"] for r in sets.bench_rows[:5]],
                     **{n: r["raw_generations"][:5] for n, r in measured.items()}})
 with pd.option_context("display.max_colwidth", 60):
     display(raw)
+
+# %% [markdown]
+# ## Is a difference between the students real?
+# One run's gap between the distilled and the CE-only student is noise until it exceeds the
+# seed-to-seed spread. `make sweep` retrains both students over several seeds from this run's teacher and
+# pruned student, scores them on the same questions and writes `sweeps/summary.txt`, shown here when it exists.
+
+# %%
+print(sweep.report_note(p))

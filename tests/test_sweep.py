@@ -58,3 +58,12 @@ def test_missing_base_teacher_is_named(tmp_path):
 def test_cli_rejects_a_bad_variant_before_any_work():
     res = run_cli("sweep", "params/smoke.yaml", "--name", "x", "--variants", "distiled")
     assert res.returncode == 2 and "unknown ['distiled']" in res.stderr
+
+
+def test_report_note_says_when_there_is_no_sweep_and_shows_one_when_there_is():
+    base = params.load("params/smoke.yaml").replace(run_name="_note_check")
+    assert "No seed sweep for this run yet" in sweep.report_note(base)
+    sweep.save_records(base, "default", RECORDS)
+    sweep.write_summary(base)
+    note = sweep.report_note(base)
+    assert "default/distilled" in note and "Paired by seed" in note

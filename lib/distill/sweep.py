@@ -264,3 +264,17 @@ def write_summary(base: StudyParams, reference: tuple[str, str] = ("default", "c
     plots.save(fig, folder, "seed_scores")
     plt.close(fig)
     return folder / "summary.txt"
+
+
+def report_note(base: StudyParams) -> str:
+    """What the benchmark report says about seed spread: the sweep summary when there is one."""
+    summary = sweeps_dir(base) / "summary.txt"
+    if not summary.exists():
+        return ("No seed sweep for this run yet: the gap between the distilled and the CE-only student above is "
+                "one seed's, not a finding. Measure the spread with\n"
+                f"    python -m distill sweep params/<profile>.yaml --name default --seeds 0,1,2   (or: make sweep)")
+    import datetime as dt
+
+    written = dt.datetime.fromtimestamp(summary.stat().st_mtime, dt.timezone.utc).isoformat(timespec="minutes")
+    return (f"{summary} (written {written}; its students were trained from this run's teacher and pruned student "
+            f"as they were then):\n\n{summary.read_text()}")
