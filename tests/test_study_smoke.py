@@ -95,6 +95,7 @@ def test_seed_sweep_trains_scores_and_summarises(smoke_run):
     assert by[(0, "distilled")] != by[(1, "distilled")]
     summary = (p.report_dir / "sweeps" / "summary.txt").read_text()
     assert "t/distilled" in summary and "minus t/ce_baseline" in summary and "reference/teacher" in summary
+    assert "reference/student_before" in summary
     assert (p.report_dir / "sweeps" / "seed_scores.png").stat().st_size > 5000
     # a second call trains nothing and reuses the scores
     again = run_cli("sweep", "params/smoke.yaml", "--name", "t", "--seeds", "0,1", "--questions", "4",

@@ -67,3 +67,19 @@ def test_report_note_says_when_there_is_no_sweep_and_shows_one_when_there_is():
     sweep.write_summary(base)
     note = sweep.report_note(base)
     assert "default/distilled" in note and "Paired by seed" in note
+
+
+def test_a_seed_run_from_an_older_teacher_is_refused(tmp_path):
+    base = params.load("params/smoke.yaml").replace(output_dir=str(tmp_path / "base"), teacher_finetune=True)
+    teacher = base.run_dir / "teacher"
+    teacher.mkdir(parents=True)
+    (teacher / "config.json").write_text("{}")
+    (teacher / "model.safetensors").write_bytes(b"old")
+    p = sweep.seed_params(base, "x", 1, {})
+    sweep.share_base_models(base, p)
+    assert (p.run_dir / "teacher" / "model.safetensors").read_bytes() == b"old"
+    sweep.share_base_models(base, p)  # unchanged base: fine
+    (teacher / "model.safetensors").unlink()
+    (teacher / "model.safetensors").write_bytes(b"new weights")  # the base run made a new teacher
+    with pytest.raises(sweep.StaleSeedRun, match="model.safetensors"):
+        sweep.share_base_models(base, p)

@@ -83,7 +83,7 @@ def _sweep(args: argparse.Namespace) -> int:
             raise ParamsError(f"--reference {args.reference}: expected SWEEP/VARIANT, e.g. default/ce_baseline")
         n_questions = args.questions or base.bench_size
         records = sweep.run_sweep(base, args.name, seeds, variants, overrides, n_questions)
-    except (ParamsError, ValueError, FileNotFoundError) as err:
+    except (ParamsError, ValueError, FileNotFoundError, sweep.StaleSeedRun) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     sweep.save_records(base, args.name, records)

@@ -15,6 +15,7 @@ mean and standard deviation over seeds, and each setting's difference to a refer
 """
 from __future__ import annotations
 
+import filecmp
 import json
 import os
 import shutil
@@ -31,7 +32,12 @@ from .params import ParamsError, StudyParams
 VARIANT_STEPS = {"distilled": "01_distill", "ce_baseline": "01_distill_ce_baseline"}
 SCORES = ("answer_loss", "top1_accuracy", "exact_match", "f1")
 LOWER_IS_BETTER = {"answer_loss"}
-SHARED_MODELS = ("teacher", "student_init")
+SHARED_MODELS = ("teacher", "student_init")  # folders of the base run that every seed run reuses
+REFERENCES = ("teacher", "student_before")
+
+
+class StaleSeedRun(RuntimeError):
+    """A seed run was made from a teacher or pruned student the base run has since replaced."""
 
 
 def seed_run_name(base: StudyParams, name: str, seed: int) -> str:
@@ -58,6 +64,11 @@ def share_base_models(base: StudyParams, p: StudyParams) -> None:
             raise FileNotFoundError(f"{src}: the base run has no {name}; make it first with "
                                     f"`python -m distill run <params> --only 00_teacher`")
         if dst.exists():
+            stale = [f.name for f in src.iterdir() if f.is_file() and not (
+                (dst / f.name).exists() and filecmp.cmp(f, dst / f.name, shallow=True))]
+            if stale:
+                raise StaleSeedRun(f"{p.run_dir}: trained from an older {name} of {base.run_name} ({', '.join(stale)} "
+                                   f"changed since); delete {p.run_dir} to retrain it, or use another --name")
             continue
         tmp = dst.with_name(f".{dst.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -95,14 +106,25 @@ def questions(base: StudyParams, n: int) -> list[dict[str, Any]]:
     return data.disjoint_subsets(dev, [n], base.seed)[0]
 
 
+def scored_source(p: StudyParams, who: str) -> str:
+    """Where a scored model comes from: a trained variant's best checkpoint, or a reference model."""
+    if who == "teacher":
+        return study.teacher_source(p)
+    if who == "student_before":
+        return study.student_source(p)
+    return str(study.variant_dir(p, who) / "best")
+
+
 def load_scored_model(p: StudyParams, who: str, device):
-    """(model, tokenizer) for a trained variant (adapter merged) or for the base run's teacher/student_init."""
+    """(model, tokenizer): a trained variant (adapter merged into its base), or a reference model as the study
+    loads it (the teacher 4-bit where the profile says so)."""
     from peft import PeftModel
 
-    if who in SHARED_MODELS:
-        source = str(p.run_dir / who)
-        return models.load_model(source, dtype=p.model_dtype, device=device), models.load_tokenizer(source)
-    best = study.variant_dir(p, who) / "best"
+    if who == "teacher":
+        return study.load_teacher(p, device)
+    if who == "student_before":
+        return study.load_student(p, device)
+    best = Path(scored_source(p, who))
     if not (best / "adapter_config.json").exists():
         return models.load_model(str(best), dtype=p.model_dtype, device=device), models.load_tokenizer(str(best))
     base_model, _ = study.load_student(p, device)
@@ -111,9 +133,10 @@ def load_scored_model(p: StudyParams, who: str, device):
 
 
 def score(p: StudyParams, who: str, rows: list[dict[str, Any]], base_seed: int, device) -> dict[str, Any]:
-    """Quality scores of one model on `rows`, cached beside the model (a re-run does not score again)."""
+    """Quality scores of one model on `rows`, cached beside the run; a model saved after its cache is scored again."""
     cache = p.run_dir / f"scores_{who}_{len(rows)}q.json"
-    if cache.exists():
+    source = Path(scored_source(p, who))
+    if cache.exists() and (not source.exists() or cache.stat().st_mtime > source.stat().st_mtime):
         return json.loads(cache.read_text())
     model, tokenizer = load_scored_model(p, who, device)
     result = benchmark.evaluate(model, tokenizer, rows, max_length=p.max_length, max_new_tokens=p.max_new_tokens,
@@ -147,13 +170,11 @@ def run_sweep(base: StudyParams, name: str, seeds: list[int], variants: list[str
 
 
 def score_references(base: StudyParams, n_questions: int, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """The tuned teacher and the untrained pruned student on the same questions (the ceiling and the start)."""
+    """The study's teacher and its untrained student on the same questions (the ceiling and the start)."""
     rows = questions(base, n_questions)
     device = models.resolve_device(base.device)
     out = []
-    for who in SHARED_MODELS:
-        if not (base.run_dir / who / "config.json").exists():
-            continue
+    for who in REFERENCES:
         models.setup_torch(base.seed, base.torch_threads)
         s = score(base, who, rows, base.seed, device)
         log(f"{base.run_name} {who}: " + ", ".join(f"{k} {s[k]:.3f}" for k in SCORES))
