@@ -46,6 +46,11 @@ def test_seed_run_names_stay_out_of_git_and_reject_odd_names():
         sweep.seed_params(base, "a/b", 0, {})
     with pytest.raises(params.ParamsError, match="unknown params key"):
         sweep.seed_params(base, "x", 0, {"temprature": 1.0})
+    with pytest.raises(params.ParamsError, match="--set seed: the sweep sets it"):
+        sweep.seed_params(base, "x", 0, {"seed": 4})
+    for key in ("teacher", "teacher_finetune_steps", "prune_keep", "student"):
+        with pytest.raises(params.ParamsError, match=f"--set {key}: a sweep reuses the base run's teacher"):
+            sweep.seed_params(base, "x", 0, {key: 1})
 
 
 def test_missing_base_teacher_is_named(tmp_path):

@@ -34,6 +34,8 @@ SCORES = ("answer_loss", "top1_accuracy", "exact_match", "f1")
 LOWER_IS_BETTER = {"answer_loss"}
 SHARED_MODELS = ("teacher", "student_init")  # folders of the base run that every seed run reuses
 REFERENCES = ("teacher", "student_before")
+SET_BY_SWEEP = {"run_name", "seed", "output_dir", "deploy_dir"}
+MADE_BY_BASE_RUN = {"student", "model_dtype", "squad_dir", "data_pool_rows"}  # and every teacher* and prune_* key
 
 
 class StaleSeedRun(RuntimeError):
@@ -48,6 +50,12 @@ def seed_run_name(base: StudyParams, name: str, seed: int) -> str:
 def seed_params(base: StudyParams, name: str, seed: int, overrides: dict[str, Any]) -> StudyParams:
     if not name.replace("-", "").replace("_", "").isalnum():
         raise ParamsError(f"--name {name!r}: use letters, digits, - and _ only (it names folders)")
+    for key in overrides:
+        if key in SET_BY_SWEEP:
+            raise ParamsError(f"--set {key}: the sweep sets it (seeds come from --seeds, folders from --name)")
+        if key in MADE_BY_BASE_RUN or key.startswith(("teacher", "prune_")):
+            raise ParamsError(f"--set {key}: a sweep reuses the base run's teacher and pruned student; for another "
+                              f"{key}, run a profile with it (python -m distill run ... --set {key}=...) and sweep that")
     run_name = seed_run_name(base, name, seed)
     # beside the base run: under artifacts/ by default, or in the base run's own output_dir when it has one
     output_dir = str(base.run_dir.parent / run_name) if base.output_dir else ""
