@@ -1,5 +1,6 @@
 """Seed sweeps: the summary statistics, paired differences and the early errors."""
 import math
+import shutil
 
 import pytest
 
@@ -72,6 +73,20 @@ def test_report_note_says_when_there_is_no_sweep_and_shows_one_when_there_is():
     sweep.write_summary(base)
     note = sweep.report_note(base)
     assert "default/distilled" in note and "Paired by seed" in note
+
+
+def test_a_sweep_scores_the_questions_the_recorded_sweeps_scored():
+    base = params.load("params/smoke.yaml").replace(run_name="_questions_check")
+    shutil.rmtree(sweep.sweeps_dir(base), ignore_errors=True)
+    assert sweep.sweep_questions(base, 0) == base.bench_size  # nothing recorded yet
+    assert sweep.sweep_questions(base, 7) == 7
+    sweep.save_records(base, "default", RECORDS)  # 10 questions each (no "questions" field: older records)
+    assert sweep.sweep_questions(base, 0) == 10 and sweep.sweep_questions(base, 10) == 10
+    with pytest.raises(params.ParamsError, match="--questions 20: the sweeps in .* scored 10 questions"):
+        sweep.sweep_questions(base, 20)
+    sweep.save_records(base, "other", [{**RECORDS[0], "sweep": "other", "questions": 20}])
+    with pytest.raises(params.ParamsError, match=r"different numbers of questions \[10, 20\]"):
+        sweep.sweep_questions(base, 0)
 
 
 def test_a_seed_run_from_an_older_teacher_is_refused(tmp_path):

@@ -24,7 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     sweep.add_argument("--name", required=True, help="names this setting, e.g. default or answer_positions")
     sweep.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     sweep.add_argument("--variants", default="distilled,ce_baseline", help="which students to train and score")
-    sweep.add_argument("--questions", type=int, default=0, help="validation questions scored (0 = bench_size)")
+    sweep.add_argument("--questions", type=int, default=0, help="validation questions scored (0 = as many as the sweeps already recorded, "
+                       "else bench_size)")
     sweep.add_argument("--reference", default="default/ce_baseline",
                        help="SWEEP/VARIANT the paired differences are taken against")
     sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -81,7 +82,7 @@ def _sweep(args: argparse.Namespace) -> int:
         reference = tuple(args.reference.split("/", 1))
         if len(reference) != 2:
             raise ParamsError(f"--reference {args.reference}: expected SWEEP/VARIANT, e.g. default/ce_baseline")
-        n_questions = args.questions or base.bench_size
+        n_questions = sweep.sweep_questions(base, args.questions)
         records = sweep.run_sweep(base, args.name, seeds, variants, overrides, n_questions)
     except (ParamsError, ValueError, FileNotFoundError, sweep.StaleSeedRun) as err:
         print(f"error: {err}", file=sys.stderr)

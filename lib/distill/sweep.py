@@ -172,7 +172,7 @@ def run_sweep(base: StudyParams, name: str, seeds: list[int], variants: list[str
             models.setup_torch(p.seed, p.torch_threads)
             s = score(p, v, rows, base.seed, device)
             log(f"{p.run_name} {v}: " + ", ".join(f"{k} {s[k]:.3f}" for k in SCORES))
-            records.append({"sweep": name, "variant": v, "seed": p.seed, **s,
+            records.append({"sweep": name, "variant": v, "seed": p.seed, "questions": n_questions, **s,
                             "overrides": json.dumps(overrides, sort_keys=True)})
     return records
 
@@ -186,7 +186,8 @@ def score_references(base: StudyParams, n_questions: int, log: Callable[[str], N
         models.setup_torch(base.seed, base.torch_threads)
         s = score(base, who, rows, base.seed, device)
         log(f"{base.run_name} {who}: " + ", ".join(f"{k} {s[k]:.3f}" for k in SCORES))
-        out.append({"sweep": "reference", "variant": who, "seed": base.seed, **s, "overrides": "{}"})
+        out.append({"sweep": "reference", "variant": who, "seed": base.seed, "questions": n_questions, **s,
+                    "overrides": "{}"})
     return out
 
 
@@ -209,6 +210,25 @@ def load_records(folder: Path) -> list[dict[str, Any]]:
         if f.name != "summary.json":
             records += json.loads(f.read_text())
     return records
+
+
+def questions_asked(record: dict[str, Any]) -> int:
+    # records written before the field existed scored every question they were given
+    return int(record.get("questions", record["n_examples"]))
+
+
+def sweep_questions(base: StudyParams, asked: int) -> int:
+    """How many validation questions a new sweep scores: `asked`, else what the recorded sweeps scored, else
+    bench_size. Sweeps on different questions are never compared, so a mismatch stops before any training."""
+    recorded = {questions_asked(r) for r in load_records(sweeps_dir(base))}
+    if len(recorded) > 1:
+        raise ParamsError(f"{sweeps_dir(base)}: its sweeps scored different numbers of questions {sorted(recorded)}; "
+                          "keep the files of one count there")
+    if asked and recorded and asked not in recorded:
+        raise ParamsError(f"--questions {asked}: the sweeps in {sweeps_dir(base)} scored {recorded.pop()} questions, "
+                          "and differences are only paired on the same questions; drop --questions or move those "
+                          "files away to start over")
+    return asked or (recorded.pop() if recorded else base.bench_size)
 
 
 def _mean_sd(values: list[float]) -> tuple[float, float]:
