@@ -28,7 +28,7 @@ import tempfile
 from pathlib import Path
 
 import pandas as pd
-from IPython.display import display
+from IPython.display import Image, display
 
 from distill import benchmark, models, params, plots, results, study, sweep
 
@@ -95,3 +95,6 @@ with pd.option_context("display.max_colwidth", 60):
 
 # %%
 print(sweep.report_note(p))
+paired_chart = sweep.sweeps_dir(p) / "paired_differences.png"
+if paired_chart.exists():
+    display(Image(filename=str(paired_chart)))

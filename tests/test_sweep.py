@@ -73,6 +73,7 @@ def test_report_note_says_when_there_is_no_sweep_and_shows_one_when_there_is():
     sweep.write_summary(base)
     note = sweep.report_note(base)
     assert "default/distilled" in note and "Paired by seed" in note
+    assert (sweep.sweeps_dir(base) / "paired_differences.png").stat().st_size > 0
 
 
 def test_a_sweep_scores_the_questions_the_recorded_sweeps_scored():

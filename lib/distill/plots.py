@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
 COMPONENTS = ("total", "ce", "kd", "hidden")
 
@@ -153,5 +154,31 @@ def seed_scores(records: list[dict[str, Any]], title: str):
         ax.set_title(label, fontsize=10)
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def seed_differences(diffs, reference: str, title: str):
+    """Per setting, each seed's difference to the reference trained on the same seed (dots) and their mean (bar):
+    a setting helps only where its dots sit on the better side of zero."""
+    panels = (("answer_loss", "answer loss (nats)", "lower"), ("top1_accuracy", "answer top-1 accuracy", "higher"),
+              ("exact_match", "SQuAD EM (points)", "higher"), ("f1", "SQuAD F1 (points)", "higher"))
+    names = list(dict.fromkeys(f"{s}/{v}" for s, v in zip(diffs["sweep"], diffs["variant"])))
+    label = [f"{s}/{v}" for s, v in zip(diffs["sweep"], diffs["variant"])]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 1.2 + 0.45 * len(names)), squeeze=False)
+    for ax, (key, text, better) in zip(axes[0], panels):
+        for y, name in enumerate(names):
+            values = [float(d) for d, lbl in zip(diffs[key], label) if lbl == name]
+            mean = sum(values) / len(values)
+            good = mean < 0 if better == "lower" else mean > 0
+            ax.barh(y, mean, color="#8fbf8f" if good else "#e0a0a0", height=0.6)
+            ax.scatter(values, [y] * len(values), color="#333333", s=14, zorder=3)
+        ax.axvline(0, color="black", linewidth=0.8)
+        ax.xaxis.set_major_locator(MaxNLocator(4))
+        ax.set_yticks(range(len(names)), names if ax is axes[0][0] else [""] * len(names), fontsize=8)
+        ax.invert_yaxis()
+        ax.set_title(f"{text}, {better} is better", fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle(f"{title}\n(green: better than {reference} on average; dots: seeds)", fontsize=10)
     fig.tight_layout()
     return fig

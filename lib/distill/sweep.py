@@ -247,22 +247,26 @@ def summarize(records: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def seed_differences(records: list[dict[str, Any]], reference: tuple[str, str]) -> pd.DataFrame:
+    """One row per (sweep, variant, seed) that the reference also trained: each score minus the reference's
+    score of the same seed (same training examples, same LoRA init)."""
+    df = pd.DataFrame(records)
+    is_ref = (df["sweep"] == reference[0]) & (df["variant"] == reference[1])
+    ref = df[is_ref].set_index("seed")[list(SCORES)]
+    paired = df[~is_ref & (df["sweep"] != "reference") & df["seed"].isin(ref.index)].reset_index(drop=True)
+    out = paired[["sweep", "variant", "seed"]].copy()
+    out[list(SCORES)] = paired[list(SCORES)].to_numpy() - ref.loc[paired["seed"]].to_numpy()
+    return out
+
+
 def paired_differences(records: list[dict[str, Any]], reference: tuple[str, str]) -> pd.DataFrame:
     """Each (sweep, variant) minus the reference on the seeds both have: mean, sd, and how many seeds it won."""
-    df = pd.DataFrame(records)
-    ref = df[(df["sweep"] == reference[0]) & (df["variant"] == reference[1])].set_index("seed")
     out = []
-    for (sweep, variant), g in df[df["sweep"] != "reference"].groupby(["sweep", "variant"], sort=False):
-        if (sweep, variant) == reference:
-            continue
-        g = g.set_index("seed")
-        common = sorted(set(g.index) & set(ref.index))
-        if not common:
-            continue
+    for (sweep, variant), g in seed_differences(records, reference).groupby(["sweep", "variant"], sort=False):
         row: dict[str, Any] = {"sweep": sweep, "variant": variant, "vs": "/".join(reference),
-                               "paired_seeds": len(common)}
+                               "paired_seeds": len(g)}
         for k in SCORES:
-            diffs = [float(g.at[s, k] - ref.at[s, k]) for s in common]
+            diffs = g[k].astype(float).tolist()
             row[f"{k}_diff_mean"], row[f"{k}_diff_sd"] = _mean_sd(diffs)
             better = [d < 0 if k in LOWER_IS_BETTER else d > 0 for d in diffs]
             row[f"{k}_better_in"] = f"{sum(better)}/{len(diffs)}"
@@ -308,10 +312,16 @@ def write_summary(base: StudyParams, reference: tuple[str, str] = ("default", "c
     paths.write_text_atomic(folder / "summary.csv", pd.concat([summary, diffs]).to_csv(index=False))
     paths.write_text_atomic(folder / "summary.json", json.dumps(
         {"summary": summary.to_dict("records"), "paired_differences": diffs.to_dict("records")}, indent=1))
-    fig = plots.seed_scores(records, f"{base.run_name}: students over seeds "
-                                     f"({int(summary['questions'].iloc[0])} validation questions)")
+    n = int(summary["questions"].iloc[0])
+    fig = plots.seed_scores(records, f"{base.run_name}: students over seeds ({n} validation questions)")
     plots.save(fig, folder, "seed_scores")
     plt.close(fig)
+    if len(diffs):
+        fig = plots.seed_differences(seed_differences(records, reference), "/".join(reference),
+                                     f"{base.run_name}: each setting minus {'/'.join(reference)}, paired by seed "
+                                     f"({n} validation questions)")
+        plots.save(fig, folder, "paired_differences")
+        plt.close(fig)
     return folder / "summary.txt"
 
 
