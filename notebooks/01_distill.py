@@ -124,8 +124,9 @@ else:
 
 # %% [markdown]
 # ## Training on SQuAD answers
-# The best checkpoint by eval loss is kept and saved (adapter or full student, plus the projection)
-# to `<run>/students/<variant>/best`.
+# The best checkpoint by eval answer CE (the same yardstick for the distilled and the CE-only student;
+# `eval_total` is the composite) is kept and saved (adapter or full student, plus the projection) to
+# `<run>/students/<variant>/best`.
 
 # %%
 result = training.train(p, student_model, tokenizer, train_enc.features, eval_enc.features, out_dir,
@@ -133,11 +134,11 @@ result = training.train(p, student_model, tokenizer, train_enc.features, eval_en
 history = result.log_history
 train_log = [e for e in history if "loss" in e]
 eval_log = [e for e in history if "eval_loss" in e]
-print(f"{result.trainer.state.global_step} steps; best eval loss {result.trainer.state.best_metric:.4f} "
+print(f"{result.trainer.state.global_step} steps; best eval answer CE {result.trainer.state.best_metric:.4f} "
       f"({result.trainer.state.best_model_checkpoint}); saved to {result.best_dir}")
 plots.save(plots.loss_components(history, f"{p.run_name} {p.variant}: loss components"),
            report, f"loss_components_{p.variant}")
-display(pd.DataFrame(eval_log).filter(regex=r"^(step|eval_(loss|ce|kd|hidden))$").round(4))
+display(pd.DataFrame(eval_log).filter(regex=r"^(step|eval_(ce|kd|hidden|total))$").round(4))
 
 # %%
 study.write_json(report / f"log_history_{p.variant}.json", history)

@@ -46,7 +46,7 @@ def test_steps_lower_the_loss_and_touch_only_lora_and_projection(setup, tmp_path
     entry = next(e for e in res.log_history if "loss" in e)
     assert {"train_ce", "train_kd", "train_hidden", "train_total"} <= set(entry)
     ev = next(e for e in res.log_history if "eval_loss" in e)
-    assert ev["eval_total"] == pytest.approx(ev["eval_loss"], rel=1e-4)
+    assert ev["eval_loss"] == pytest.approx(ev["eval_ce"], rel=1e-4)  # checkpoints are chosen on answer CE
     assert ev["eval_total"] == pytest.approx(ev["eval_ce"] + ev["eval_kd"] + 0.5 * ev["eval_hidden"], rel=1e-4)
     assert (res.best_dir / "adapter_config.json").exists() and (res.best_dir / "hidden_projection.safetensors").exists()
 
@@ -147,3 +147,22 @@ def test_nan_stops_with_step_and_term(setup, tmp_path):
         teacher.lm_head.weight.fill_(float("nan"))
     with pytest.raises(FloatingPointError, match=r"'kd'.*step 0"):
         training.train(p, student, tok, train, evalf, tmp_path / "run", teacher=teacher, cfg=cfg)
+
+
+def test_eval_loss_is_the_answer_ce_for_every_variant(setup, tmp_path):
+    """Checkpoints are chosen on eval_loss: it must be the answer CE, also when training is pure KD (alpha_ce 0)."""
+    p, teacher, student, tok, train, evalf, cfg, proj = make(setup, tmp_path, alpha_ce=0.0, beta_mse=0.0)
+    trainer = DistillationTrainer(model=student, args=training.training_args(p, tmp_path / "x", 1, 1e-3, evaluate=False),
+                                  teacher=teacher, loss_config=cfg)
+    batch = data.TrainCollator(tok.pad_token_id)(train[:4])
+    with torch.no_grad():
+        student.eval()
+        evaluated = trainer.compute_loss(student, batch)
+        ce = losses.answer_ce(student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
+                              batch["labels"])
+        student.train()
+        trained = trainer.compute_loss(student, batch)  # pure KD: the divergence, not the CE
+    assert float(evaluated) == pytest.approx(float(ce), rel=1e-5)
+    assert float(trained) != pytest.approx(float(ce), rel=1e-3)
+    logged = trainer.meter.pop("eval", 1)
+    assert logged["ce"] == pytest.approx(float(ce), rel=1e-5) and logged["weighted_ce"] == 0.0 and logged["kd"] > 0

@@ -59,7 +59,11 @@ class ComponentMeter:
 
 
 class DistillationTrainer(Trainer):
-    """`alpha_ce * CE + gamma_kl * KD + beta_mse * hidden`; a zero weight skips its term (and the teacher)."""
+    """`alpha_ce * CE + gamma_kl * KD + beta_mse * hidden`; a zero weight skips its term (and the teacher).
+
+    In evaluation the returned loss is the answer CE alone (what `eval_loss` and checkpoint selection see);
+    every term and the weighted total are logged beside it.
+    """
 
     def __init__(self, *args, teacher=None, loss_config: LossConfig, projection=None,
                  meter: ComponentMeter | None = None, **kwargs):
@@ -113,6 +117,9 @@ class DistillationTrainer(Trainer):
                 terms["hidden"] = share * losses.hidden_losses(
                     outputs.hidden_states, tuple(h.to(outputs.logits.device) for h in t_out.hidden_states),
                     cfg.layer_map, hidden_mask, kind=cfg.hidden_loss, projection=self.projection)
+        mode = "train" if model.training else "eval"
+        if mode == "eval" and "ce" not in terms:  # measured even at alpha_ce 0: checkpoints are chosen on it
+            terms["ce"] = losses.answer_ce(outputs.logits, labels, num_items_in_batch=total_items)
         weights = {"ce": cfg.alpha_ce, "kd": cfg.gamma_kl, "hidden": cfg.beta_mse}
         step = self.state.global_step
         for name, value in terms.items():
@@ -122,10 +129,13 @@ class DistillationTrainer(Trainer):
                     "check the data, or set its weight to 0")
         loss = losses.total_loss(terms.get("ce"), terms.get("kd"), terms.get("hidden"),
                                  cfg.alpha_ce, cfg.gamma_kl, cfg.beta_mse)
-        mode = "train" if model.training else "eval"
         self.meter.add(mode, {**{k: float(v.detach()) for k, v in terms.items()},
                               "total": float(loss.detach()),
                               **{f"weighted_{k}": weights[k] * float(v.detach()) for k, v in terms.items()}})
+        if mode == "eval":
+            # eval_loss picks the best checkpoint: the answer CE for every variant, so the distilled and the
+            # CE-only students are selected on the same yardstick (the composite is logged as eval_total)
+            loss = terms["ce"]
         return (loss, outputs) if return_outputs else loss
 
 
