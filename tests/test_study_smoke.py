@@ -1,13 +1,14 @@
 """End to end: the smoke profile through the runner, as `make smoke` runs it."""
 import json
 import re
+import shutil
 
 import nbformat
 import pytest
 from transformers import AutoModelForCausalLM
 
 from conftest import run_cli
-from distill import params, results, study
+from distill import params, results, study, sweep
 
 pytestmark = pytest.mark.slow
 
@@ -83,6 +84,10 @@ def test_results_hold_all_four_models(smoke_run):
 def test_seed_sweep_trains_scores_and_summarises(smoke_run):
     res, p = smoke_run
     assert res.returncode == 0
+    # a fresh sweep: an earlier session's seed runs and records were made from an earlier base run
+    shutil.rmtree(p.report_dir / "sweeps", ignore_errors=True)
+    for seed in (0, 1):
+        shutil.rmtree(sweep.seed_params(p, "t", seed, {}).run_dir, ignore_errors=True)
     out = run_cli("sweep", "params/smoke.yaml", "--name", "t", "--seeds", "0,1", "--questions", "4",
                   "--reference", "t/ce_baseline", timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -90,6 +95,7 @@ def test_seed_sweep_trains_scores_and_summarises(smoke_run):
     assert sorted((r["seed"], r["variant"]) for r in records) == [
         (0, "ce_baseline"), (0, "distilled"), (1, "ce_baseline"), (1, "distilled")]
     assert all(r["n_examples"] == 4 and r["answer_loss"] > 0 for r in records)
+    assert len({r["base_models"] for r in records}) == 1 and records[0]["base_models"] == sweep.base_fingerprint(p)
     # the seed moves training: the two seeds' students differ
     by = {(r["seed"], r["variant"]): r["answer_loss"] for r in records}
     assert by[(0, "distilled")] != by[(1, "distilled")]

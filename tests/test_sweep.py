@@ -1,4 +1,5 @@
 """Seed sweeps: the summary statistics, paired differences and the early errors."""
+import json
 import math
 import shutil
 
@@ -104,3 +105,50 @@ def test_a_seed_run_from_an_older_teacher_is_refused(tmp_path):
     (teacher / "model.safetensors").write_bytes(b"new weights")  # the base run made a new teacher
     with pytest.raises(sweep.StaleSeedRun, match="model.safetensors"):
         sweep.share_base_models(base, p)
+
+
+def test_extending_a_sweep_keeps_its_earlier_seeds():
+    base = params.load("params/smoke.yaml").replace(run_name="_extend_check")
+    shutil.rmtree(sweep.sweeps_dir(base), ignore_errors=True)
+    sweep.save_records(base, "default", RECORDS[:4])  # seeds 0 and 1
+    rescored = {**RECORDS[2], "answer_loss": 1.4}  # seed 0 distilled scored again
+    sweep.save_records(base, "default", [rescored, RECORDS[4]])  # ... and seed 2 added
+    saved = json.loads((sweep.sweeps_dir(base) / "default.json").read_text())
+    assert [(r["seed"], r["variant"]) for r in saved] == [(0, "ce_baseline"), (0, "distilled"), (1, "ce_baseline"),
+                                                          (1, "distilled"), (2, "distilled")]
+    assert saved[1]["answer_loss"] == 1.4
+
+
+def make_base_models(tmp_path, teacher_bytes=b"teacher"):
+    base = params.load("params/smoke.yaml").replace(output_dir=str(tmp_path / "base"), teacher_finetune=True,
+                                                    run_name="_fingerprint_check")
+    for name, content in (("teacher", teacher_bytes), ("student_init", b"student")):
+        (base.run_dir / name).mkdir(parents=True, exist_ok=True)
+        (base.run_dir / name / "config.json").write_text("{}")
+        (base.run_dir / name / "model.safetensors").write_bytes(content)
+    return base
+
+
+def test_records_from_other_base_models_are_refused_before_training(tmp_path):
+    base = make_base_models(tmp_path)
+    shutil.rmtree(sweep.sweeps_dir(base), ignore_errors=True)
+    fingerprint = sweep.base_fingerprint(base)
+    assert fingerprint == sweep.base_fingerprint(base)  # content, not time
+    sweep.check_recorded_base(base, fingerprint)  # nothing recorded: fine
+    sweep.save_records(base, "default", [{**r, "base_models": fingerprint} for r in RECORDS[:4]])
+    sweep.check_recorded_base(base, fingerprint)  # same models: fine
+    remade = make_base_models(tmp_path, b"a retrained teacher")
+    assert sweep.base_fingerprint(remade) != fingerprint
+    with pytest.raises(sweep.StaleSeedRun, match="default.json: its students were trained from other base models"):
+        sweep.run_sweep(remade, "more", [3], ["distilled"], {}, 4)
+    sweep.save_records(base, "old", [RECORDS[0]])  # a record that never said which models it came from
+    with pytest.raises(sweep.StaleSeedRun, match=r"old.json: .*\(unrecorded\)"):
+        sweep.check_recorded_base(base, fingerprint)
+
+
+def test_a_sweep_name_keeps_one_setting(tmp_path):
+    base = make_base_models(tmp_path)
+    shutil.rmtree(sweep.sweeps_dir(base), ignore_errors=True)
+    sweep.save_records(base, "t1", [{**RECORDS[2], "sweep": "t1", "overrides": '{"temperature": 1.0}'}])
+    with pytest.raises(params.ParamsError, match="--name t1: .* other settings"):
+        sweep.run_sweep(base, "t1", [1], ["distilled"], {"temperature": 4.0}, 4)

@@ -16,6 +16,7 @@ mean and standard deviation over seeds, and each setting's difference to a refer
 from __future__ import annotations
 
 import filecmp
+import hashlib
 import json
 import os
 import shutil
@@ -82,6 +83,33 @@ def share_base_models(base: StudyParams, p: StudyParams) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(src, tmp, copy_function=_link_or_copy)
         tmp.rename(dst)
+
+
+def base_fingerprint(base: StudyParams) -> str:
+    """Names the base run's tuned teacher and pruned student by content (or by spec, when the run made none):
+    records trained from other models carry another fingerprint and are never mixed with these."""
+    digest = hashlib.sha256()
+    for name, spec in zip(SHARED_MODELS, (base.teacher, base.student)):
+        folder = base.run_dir / name
+        files = sorted(f for f in folder.iterdir() if f.is_file()) if (folder / "config.json").exists() else []
+        digest.update(f"{name}:{spec}".encode() if not files else name.encode())
+        for f in files:
+            with f.open("rb") as fh:
+                digest.update(f.name.encode() + hashlib.file_digest(fh, "sha256").digest())
+    return digest.hexdigest()[:16]
+
+
+def check_recorded_base(base: StudyParams, fingerprint: str) -> None:
+    """Stop before any training when the run's recorded sweeps came from other base models than the run has now."""
+    folder = sweeps_dir(base)
+    for f in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        if f.name == "summary.json":
+            continue
+        other = {r.get("base_models", "unrecorded") for r in json.loads(f.read_text())} - {fingerprint}
+        if other:
+            raise StaleSeedRun(f"{f}: its students were trained from other base models ({', '.join(sorted(other))}) "
+                               f"than {base.run_name} has now ({fingerprint}); pairing them with new seeds would mix two "
+                               f"experiments. Move {folder} away to start the sweeps over.")
 
 
 def _link_or_copy(src: str, dst: str) -> None:
@@ -163,6 +191,13 @@ def run_sweep(base: StudyParams, name: str, seeds: list[int], variants: list[str
     if not seeds:
         raise ParamsError("--seeds: give at least one seed, e.g. --seeds 0,1,2")
     runs = [seed_params(base, name, s, overrides) for s in seeds]  # validate every seed's params first
+    recorded = sweeps_dir(base) / f"{name}.json"
+    setting = json.dumps(overrides, sort_keys=True)
+    if recorded.exists() and any(r["overrides"] != setting for r in json.loads(recorded.read_text())):
+        raise ParamsError(f"--name {name}: {recorded} holds seeds trained with other settings; give this setting "
+                          f"its own --name")
+    fingerprint = base_fingerprint(base)
+    check_recorded_base(base, fingerprint)
     rows = questions(base, n_questions)
     device = models.resolve_device(base.device)
     records = []
@@ -172,8 +207,8 @@ def run_sweep(base: StudyParams, name: str, seeds: list[int], variants: list[str
             models.setup_torch(p.seed, p.torch_threads)
             s = score(p, v, rows, base.seed, device)
             log(f"{p.run_name} {v}: " + ", ".join(f"{k} {s[k]:.3f}" for k in SCORES))
-            records.append({"sweep": name, "variant": v, "seed": p.seed, "questions": n_questions, **s,
-                            "overrides": json.dumps(overrides, sort_keys=True)})
+            records.append({"sweep": name, "variant": v, "seed": p.seed, "questions": n_questions,
+                            "base_models": fingerprint, **s, "overrides": setting})
     return records
 
 
@@ -181,13 +216,14 @@ def score_references(base: StudyParams, n_questions: int, log: Callable[[str], N
     """The study's teacher and its untrained student on the same questions (the ceiling and the start)."""
     rows = questions(base, n_questions)
     device = models.resolve_device(base.device)
+    fingerprint = base_fingerprint(base)
     out = []
     for who in REFERENCES:
         models.setup_torch(base.seed, base.torch_threads)
         s = score(base, who, rows, base.seed, device)
         log(f"{base.run_name} {who}: " + ", ".join(f"{k} {s[k]:.3f}" for k in SCORES))
-        out.append({"sweep": "reference", "variant": who, "seed": base.seed, "questions": n_questions, **s,
-                    "overrides": "{}"})
+        out.append({"sweep": "reference", "variant": who, "seed": base.seed, "questions": n_questions,
+                    "base_models": fingerprint, **s, "overrides": "{}"})
     return out
 
 
@@ -199,8 +235,13 @@ def sweeps_dir(base: StudyParams) -> Path:
 
 
 def save_records(base: StudyParams, name: str, records: list[dict[str, Any]]) -> Path:
+    """Add a sweep's records to `<name>.json`: a (variant, seed) scored again replaces its old record, the
+    others stay (extending a sweep to more seeds must not drop the seeds it already has)."""
     out = sweeps_dir(base) / f"{name}.json"
-    paths.write_text_atomic(out, json.dumps(records, indent=1))
+    fresh = {(r["variant"], r["seed"]) for r in records}
+    kept = [r for r in (json.loads(out.read_text()) if out.exists() else []) if (r["variant"], r["seed"]) not in fresh]
+    merged = sorted(kept + records, key=lambda r: r["seed"])  # stable: variants keep their order within a seed
+    paths.write_text_atomic(out, json.dumps(merged, indent=1))
     return out
 
 
