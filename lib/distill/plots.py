@@ -79,9 +79,9 @@ def metric_bars(table, metric: str, reference: str, title: str, ylabel: str):
 def f1_vs_latency(table, title: str):
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for name, row in table.iterrows():
-        ax.scatter(row["latency_ms_per_example"], row["f1"], s=20 + row["params_m"] * 2)
-        ax.annotate(name, (row["latency_ms_per_example"], row["f1"]), textcoords="offset points", xytext=(5, 5),
-                    fontsize=8)
+        ax.scatter(row["latency_ms_per_example"], row["f1"], s=20 + row["params_m"] * 2, label=name, alpha=0.85)
+    # a legend, not labels at the points: students of one size and speed sit on top of each other
+    ax.legend(fontsize=8, markerscale=0.4, loc="best")
     ax.set_xlabel("latency (ms per example, greedy)")
     ax.set_ylabel("SQuAD F1")
     ax.set_title(title + " (marker size: parameters)")
