@@ -150,26 +150,41 @@ def merge_variant(p: StudyParams, variant: str, device: torch.device, probe_rows
         raise FileNotFoundError(f"{best}: no trained student for variant {variant}; run notebooks/01_distill.py "
                                 f"with variant: {variant} first")
     tokenizer = models.load_tokenizer(str(best))
+    batch = data.pad_batch(data.encode_examples(probe_rows, tokenizer, p.max_length, p.seed).features,
+                           tokenizer.pad_token_id)
+    batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+    real = batch["attention_mask"].bool()
+
+    def logits(model) -> torch.Tensor:
+        with torch.no_grad():
+            return model(**batch, use_cache=False).logits
+
     if (best / "adapter_config.json").exists():
         base, _ = load_student(p, device)
         adapted = PeftModel.from_pretrained(base, str(best)).eval()
-        batch = data.pad_batch(data.encode_examples(probe_rows, tokenizer, p.max_length, p.seed).features,
-                               tokenizer.pad_token_id)
-        with torch.no_grad():
-            before = adapted(**batch, use_cache=False).logits
-            merged = adapted.merge_and_unload().eval()
-            after = merged(**batch, use_cache=False).logits
-        max_diff = float((before - after)[batch["attention_mask"].bool()].abs().max())
+        before = logits(adapted)
+        merged = adapted.merge_and_unload().eval()
+        max_diff = float((before - logits(merged))[real].abs().max())
     else:  # a full student needs no merge
         merged, max_diff = models.load_model(str(best), dtype=p.model_dtype, device=device), 0.0
+        before = logits(merged)
     tolerance = 1e-3 if p.model_dtype == "float32" else 5e-2
     if max_diff > tolerance:
         raise RuntimeError(f"merge changed the logits of {variant} by {max_diff:.2e} (> {tolerance:.0e})")
     out = merged_dir(p, variant)
+    reload_diff: list[float] = []
 
-    def generation_config(tmp: Path) -> None:
+    def finish(tmp: Path) -> None:
         if getattr(merged, "generation_config", None) is not None:
             merged.generation_config.save_pretrained(tmp)
-    models.atomic_save_pretrained(merged, tokenizer, out, extra=generation_config)
-    return {"variant": variant, "deploy_dir": str(out), "max_abs_logit_diff": max_diff, "tolerance": tolerance,
+        # the saved folder is what gets deployed: it must give the adapter's logits when loaded alone
+        # (a lost tie of embeddings or a dropped tensor shows here), before it replaces an old deployment
+        reloaded = models.load_model(str(tmp), dtype=p.model_dtype, device=device).eval()
+        reload_diff.append(float((before - logits(reloaded))[real].abs().max()))
+        if reload_diff[0] > tolerance:
+            raise RuntimeError(f"{variant}: the saved model, loaded alone, differs from the adapter model by "
+                               f"{reload_diff[0]:.2e} (> {tolerance:.0e}); {out} was left as it was")
+    models.atomic_save_pretrained(merged, tokenizer, out, extra=finish)
+    return {"variant": variant, "deploy_dir": str(out), "max_abs_logit_diff": max_diff,
+            "reloaded_max_abs_logit_diff": reload_diff[0], "tolerance": tolerance,
             "size_mb": models.folder_size_mb(out)}
