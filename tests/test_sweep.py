@@ -40,6 +40,19 @@ def test_paired_differences_use_common_seeds_only():
     assert "default/distilled" in text and "-0.200 ± 0.424 1/2" in text
 
 
+def test_a_sweep_with_both_students_is_also_paired_within_itself():
+    steps = [record("steps40", "ce_baseline", 0, 1.8, 12.0), record("steps40", "distilled", 0, 1.6, 15.0),
+             record("steps40", "ce_baseline", 1, 2.6, 21.0), record("steps40", "distilled", 1, 2.2, 25.0)]
+    d = sweep.paired_differences(RECORDS + steps, ("default", "ce_baseline")).set_index(["sweep", "variant", "vs"])
+    within = d.loc[("steps40", "distilled", "steps40/ce_baseline")]
+    assert within["answer_loss_diff_mean"] == pytest.approx((-0.2 - 0.4) / 2) and within["f1_better_in"] == "2/2"
+    across = d.loc[("steps40", "ce_baseline", "default/ce_baseline")]  # more steps alone, no teacher
+    assert across["answer_loss_diff_mean"] == pytest.approx((-0.2 - 0.4) / 2)
+    assert ("default", "distilled", "default/ce_baseline") in d.index and len(d) == 4
+    text = sweep.summary_text(sweep.summarize(RECORDS + steps), d.reset_index())
+    assert "steps40/distilled          steps40/ce_baseline" in text
+
+
 def test_seed_run_names_stay_out_of_git_and_reject_odd_names():
     base = params.load("params/smoke.yaml")
     p = sweep.seed_params(base, "answer", 3, {"distill_positions": "answer"})

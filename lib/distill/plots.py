@@ -168,8 +168,9 @@ def seed_differences(diffs, reference: str, title: str):
     a setting helps only where its dots sit on the better side of zero."""
     panels = (("answer_loss", "answer loss (nats)", "lower"), ("top1_accuracy", "answer top-1 accuracy", "higher"),
               ("exact_match", "SQuAD EM (points)", "higher"), ("f1", "SQuAD F1 (points)", "higher"))
-    names = list(dict.fromkeys(f"{s}/{v}" for s, v in zip(diffs["sweep"], diffs["variant"])))
-    label = [f"{s}/{v}" for s, v in zip(diffs["sweep"], diffs["variant"])]
+    label = [f"{s}/{v}" + ("" if vs == reference else f" - {vs}")
+             for s, v, vs in zip(diffs["sweep"], diffs["variant"], diffs["vs"])]
+    names = list(dict.fromkeys(label))
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 1.2 + 0.45 * len(names)), squeeze=False)
     for ax, (key, text, better) in zip(axes[0], panels):
         for y, name in enumerate(names):

@@ -288,24 +288,37 @@ def summarize(records: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def seed_differences(records: list[dict[str, Any]], reference: tuple[str, str]) -> pd.DataFrame:
-    """One row per (sweep, variant, seed) that the reference also trained: each score minus the reference's
-    score of the same seed (same training examples, same LoRA init)."""
-    df = pd.DataFrame(records)
-    is_ref = (df["sweep"] == reference[0]) & (df["variant"] == reference[1])
-    ref = df[is_ref].set_index("seed")[list(SCORES)]
-    paired = df[~is_ref & (df["sweep"] != "reference") & df["seed"].isin(ref.index)].reset_index(drop=True)
+def _minus(df: pd.DataFrame, rows: pd.Series, ref_rows: pd.Series, vs: str) -> pd.DataFrame:
+    ref = df[ref_rows].set_index("seed")[list(SCORES)]
+    paired = df[rows & df["seed"].isin(ref.index)].reset_index(drop=True)
     out = paired[["sweep", "variant", "seed"]].copy()
+    out["vs"] = vs
     out[list(SCORES)] = paired[list(SCORES)].to_numpy() - ref.loc[paired["seed"]].to_numpy()
     return out
 
 
+def seed_differences(records: list[dict[str, Any]], reference: tuple[str, str]) -> pd.DataFrame:
+    """Per seed, each (sweep, variant) minus the reference's student of the same seed (same training examples,
+    same LoRA init); and where a sweep trained both students under its own setting (more steps, say), its
+    distilled minus its own CE-only student: what the teacher adds under that setting."""
+    df = pd.DataFrame(records)
+
+    def pick(sweep: str, variant: str) -> pd.Series:
+        return (df["sweep"] == sweep) & (df["variant"] == variant)
+
+    is_ref = pick(*reference)
+    parts = [_minus(df, ~is_ref & (df["sweep"] != "reference"), is_ref, "/".join(reference))]
+    for sweep in df["sweep"].unique():
+        if sweep not in ("reference", reference[0]) and pick(sweep, "distilled").any() and pick(sweep, "ce_baseline").any():
+            parts.append(_minus(df, pick(sweep, "distilled"), pick(sweep, "ce_baseline"), f"{sweep}/ce_baseline"))
+    return pd.concat(parts, ignore_index=True)
+
+
 def paired_differences(records: list[dict[str, Any]], reference: tuple[str, str]) -> pd.DataFrame:
-    """Each (sweep, variant) minus the reference on the seeds both have: mean, sd, and how many seeds it won."""
+    """Each pair of `seed_differences` summarised: mean and sd over seeds, and how many seeds the row won."""
     out = []
-    for (sweep, variant), g in seed_differences(records, reference).groupby(["sweep", "variant"], sort=False):
-        row: dict[str, Any] = {"sweep": sweep, "variant": variant, "vs": "/".join(reference),
-                               "paired_seeds": len(g)}
+    for (sweep, variant, vs), g in seed_differences(records, reference).groupby(["sweep", "variant", "vs"], sort=False):
+        row: dict[str, Any] = {"sweep": sweep, "variant": variant, "vs": vs, "paired_seeds": len(g)}
         for k in SCORES:
             diffs = g[k].astype(float).tolist()
             row[f"{k}_diff_mean"], row[f"{k}_diff_sd"] = _mean_sd(diffs)
@@ -326,11 +339,13 @@ def summary_text(summary: pd.DataFrame, diffs: pd.DataFrame) -> str:
                      f"{pm(r.answer_loss_mean, r.answer_loss_sd, 3):>15} {pm(r.top1_accuracy_mean, r.top1_accuracy_sd, 3):>15} "
                      f"{pm(r.exact_match_mean, r.exact_match_sd, 1):>13} {pm(r.f1_mean, r.f1_sd, 1):>13}")
     if len(diffs):
-        lines += ["", f"Paired by seed, minus {diffs['vs'].iloc[0]} (better in: seeds where the row wins)", "",
-                  f"{'sweep/variant':34} {'seeds':>5} {'answer loss':>22} {'top-1':>22} {'EM':>18} {'F1':>18}"]
+        lines += ["", "Paired by seed: the row's student minus the same seed's student it is compared with "
+                  "(better in: seeds where the row wins)", "",
+                  f"{'sweep/variant':26} {'minus':22} {'seeds':>5} {'answer loss':>22} {'top-1':>22} {'EM':>18} "
+                  f"{'F1':>18}"]
         for r in diffs.itertuples():
             lines.append(
-                f"{r.sweep + '/' + r.variant:34} {r.paired_seeds:>5} "
+                f"{r.sweep + '/' + r.variant:26} {r.vs:22} {r.paired_seeds:>5} "
                 f"{pm(r.answer_loss_diff_mean, r.answer_loss_diff_sd, 3) + ' ' + r.answer_loss_better_in:>22} "
                 f"{pm(r.top1_accuracy_diff_mean, r.top1_accuracy_diff_sd, 3) + ' ' + r.top1_accuracy_better_in:>22} "
                 f"{pm(r.exact_match_diff_mean, r.exact_match_diff_sd, 1) + ' ' + r.exact_match_better_in:>18} "
