@@ -247,7 +247,9 @@ def save_records(base: StudyParams, name: str, records: list[dict[str, Any]]) ->
 
 def load_records(folder: Path) -> list[dict[str, Any]]:
     records: list[dict[str, Any]] = []
-    for f in sorted(folder.glob("*.json")):
+    # the profile's own setting first, the other settings by name, the reference models last
+    order = {"default.json": "0", "reference.json": "2"}
+    for f in sorted(folder.glob("*.json"), key=lambda f: order.get(f.name, "1") + f.name):
         if f.name != "summary.json":
             records += json.loads(f.read_text())
     return records
