@@ -101,15 +101,11 @@ def base_fingerprint(base: StudyParams) -> str:
 
 def check_recorded_base(base: StudyParams, fingerprint: str) -> None:
     """Stop before any training when the run's recorded sweeps came from other base models than the run has now."""
-    folder = sweeps_dir(base)
-    for f in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        if f.name == "summary.json":
-            continue
-        other = {r.get("base_models", "unrecorded") for r in json.loads(f.read_text())} - {fingerprint}
-        if other:
-            raise StaleSeedRun(f"{f}: its students were trained from other base models ({', '.join(sorted(other))}) "
-                               f"than {base.run_name} has now ({fingerprint}); pairing them with new seeds would mix two "
-                               f"experiments. Move {folder} away to start the sweeps over.")
+    other = {r.get("base_models", "unrecorded") for r in load_records(sweeps_dir(base))} - {fingerprint}
+    if other:
+        raise StaleSeedRun(f"{sweeps_dir(base)}: its recorded students were trained from other base models "
+                           f"({', '.join(sorted(other))}) than {base.run_name} has now ({fingerprint}); pairing them "
+                           f"with new seeds would mix two experiments. Move that folder away to start the sweeps over.")
 
 
 def _link_or_copy(src: str, dst: str) -> None:
