@@ -37,7 +37,10 @@ def test_paired_differences_use_common_seeds_only():
     assert row["f1_diff_mean"] == pytest.approx(3.0) and row["f1_diff_sd"] == pytest.approx(math.sqrt(2.0))
     assert row["answer_loss_better_in"] == "1/2" and row["f1_better_in"] == "2/2"  # lower loss, higher F1 win
     text = sweep.summary_text(sweep.summarize(RECORDS), d)
-    assert "default/distilled" in text and "-0.200 ± 0.424 1/2" in text
+    half = 12.706 * math.sqrt(0.18) / math.sqrt(2)  # t(0.975, 1 df) x sd / sqrt(n); diffs -0.5 and +0.1
+    assert row["answer_loss_diff_ci95_low"] == pytest.approx(-0.2 - half, abs=1e-3)
+    assert row["answer_loss_diff_ci95_high"] == pytest.approx(-0.2 + half, abs=1e-3)
+    assert "default/distilled" in text and "-0.200 [-4.012, +3.612] 1/2" in text
 
 
 def test_a_sweep_with_both_students_is_also_paired_within_itself():

@@ -7,6 +7,8 @@ from typing import Any
 import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 
+from . import stats
+
 COMPONENTS = ("total", "ce", "kd", "hidden")
 
 
@@ -179,12 +181,17 @@ def seed_differences(diffs, reference: str, title: str):
             good = mean < 0 if better == "lower" else mean > 0
             ax.barh(y, mean, color="#8fbf8f" if good else "#e0a0a0", height=0.6)
             ax.scatter(values, [y] * len(values), color="#333333", s=14, zorder=3)
+            low, high = stats.ci95(values)
+            if low == low:
+                ax.errorbar(mean, y, xerr=[[mean - low], [high - mean]], fmt="none", ecolor="#555555", capsize=3,
+                            linewidth=1, zorder=2)
         ax.axvline(0, color="black", linewidth=0.8)
         ax.xaxis.set_major_locator(MaxNLocator(4))
         ax.set_yticks(range(len(names)), names if ax is axes[0][0] else [""] * len(names), fontsize=8)
         ax.invert_yaxis()
         ax.set_title(f"{text}, {better} is better", fontsize=9)
         ax.grid(axis="x", alpha=0.3)
-    fig.suptitle(f"{title}\n(green: better than {reference} on average; dots: seeds)", fontsize=10)
+    fig.suptitle(f"{title}\n(bars: mean, green where better than {reference}; whiskers: 95% t interval; dots: seeds)",
+                 fontsize=10)
     fig.tight_layout()
     return fig

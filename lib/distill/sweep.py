@@ -20,14 +20,13 @@ import hashlib
 import json
 import os
 import shutil
-import statistics
 from pathlib import Path
 from typing import Any, Callable
 
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from . import benchmark, data, models, paths, plots, study
+from . import benchmark, data, models, paths, plots, stats, study
 from .params import ParamsError, StudyParams
 
 VARIANT_STEPS = {"distilled": "01_distill", "ce_baseline": "01_distill_ce_baseline"}
@@ -270,10 +269,6 @@ def sweep_questions(base: StudyParams, asked: int) -> int:
     return asked or (recorded.pop() if recorded else base.bench_size)
 
 
-def _mean_sd(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else float("nan")
-
-
 def summarize(records: list[dict[str, Any]]) -> pd.DataFrame:
     """Mean and sample standard deviation over seeds of every score, one row per (sweep, variant)."""
     out = []
@@ -281,7 +276,7 @@ def summarize(records: list[dict[str, Any]]) -> pd.DataFrame:
         row: dict[str, Any] = {"sweep": sweep, "variant": variant, "seeds": len(g),
                                "questions": int(g["n_examples"].iloc[0]), "overrides": g["overrides"].iloc[0]}
         for k in SCORES:
-            row[f"{k}_mean"], row[f"{k}_sd"] = _mean_sd(g[k].tolist())
+            row[f"{k}_mean"], row[f"{k}_sd"] = stats.mean_sd(g[k].tolist())
         out.append(row)
     return pd.DataFrame(out)
 
@@ -319,7 +314,8 @@ def paired_differences(records: list[dict[str, Any]], reference: tuple[str, str]
         row: dict[str, Any] = {"sweep": sweep, "variant": variant, "vs": vs, "paired_seeds": len(g)}
         for k in SCORES:
             diffs = g[k].astype(float).tolist()
-            row[f"{k}_diff_mean"], row[f"{k}_diff_sd"] = _mean_sd(diffs)
+            row[f"{k}_diff_mean"], row[f"{k}_diff_sd"] = stats.mean_sd(diffs)
+            row[f"{k}_diff_ci95_low"], row[f"{k}_diff_ci95_high"] = stats.ci95(diffs)
             better = [d < 0 if k in LOWER_IS_BETTER else d > 0 for d in diffs]
             row[f"{k}_better_in"] = f"{sum(better)}/{len(diffs)}"
         out.append(row)
@@ -330,6 +326,11 @@ def summary_text(summary: pd.DataFrame, diffs: pd.DataFrame) -> str:
     def pm(mean: float, sd: float, digits: int) -> str:
         return f"{mean:.{digits}f}" + ("" if sd != sd else f" ± {sd:.{digits}f}")
 
+    def ci(r, key: str, digits: int) -> str:
+        mean, low, high = (getattr(r, f"{key}_diff_{x}") for x in ("mean", "ci95_low", "ci95_high"))
+        interval = "" if low != low else f" [{low:+.{digits}f}, {high:+.{digits}f}]"
+        return f"{mean:+.{digits}f}{interval} {getattr(r, f'{key}_better_in')}"
+
     lines = ["Seed sweeps: mean ± sample sd over seeds, every student scored on the same validation questions",
              "", f"{'sweep/variant':34} {'seeds':>5} {'q':>4} {'answer loss':>15} {'top-1':>15} {'EM':>13} {'F1':>13}"]
     for r in summary.itertuples():
@@ -337,17 +338,13 @@ def summary_text(summary: pd.DataFrame, diffs: pd.DataFrame) -> str:
                      f"{pm(r.answer_loss_mean, r.answer_loss_sd, 3):>15} {pm(r.top1_accuracy_mean, r.top1_accuracy_sd, 3):>15} "
                      f"{pm(r.exact_match_mean, r.exact_match_sd, 1):>13} {pm(r.f1_mean, r.f1_sd, 1):>13}")
     if len(diffs):
-        lines += ["", "Paired by seed: the row's student minus the same seed's student it is compared with "
-                  "(better in: seeds where the row wins)", "",
-                  f"{'sweep/variant':26} {'minus':22} {'seeds':>5} {'answer loss':>22} {'top-1':>22} {'EM':>18} "
-                  f"{'F1':>18}"]
+        lines += ["", "Paired by seed: the row's student minus the same seed's student it is compared with; mean "
+                  "[95% t interval] and the seeds where the row wins. An interval that spans 0 is not a finding.", "",
+                  f"{'sweep/variant':26} {'minus':22} {'seeds':>5} {'answer loss':>29} {'top-1':>29} {'EM':>23} "
+                  f"{'F1':>23}"]
         for r in diffs.itertuples():
-            lines.append(
-                f"{r.sweep + '/' + r.variant:26} {r.vs:22} {r.paired_seeds:>5} "
-                f"{pm(r.answer_loss_diff_mean, r.answer_loss_diff_sd, 3) + ' ' + r.answer_loss_better_in:>22} "
-                f"{pm(r.top1_accuracy_diff_mean, r.top1_accuracy_diff_sd, 3) + ' ' + r.top1_accuracy_better_in:>22} "
-                f"{pm(r.exact_match_diff_mean, r.exact_match_diff_sd, 1) + ' ' + r.exact_match_better_in:>18} "
-                f"{pm(r.f1_diff_mean, r.f1_diff_sd, 1) + ' ' + r.f1_better_in:>18}")
+            lines.append(f"{r.sweep + '/' + r.variant:26} {r.vs:22} {r.paired_seeds:>5} {ci(r, 'answer_loss', 3):>29} "
+                         f"{ci(r, 'top1_accuracy', 3):>29} {ci(r, 'exact_match', 1):>23} {ci(r, 'f1', 1):>23}")
     overrides = summary[summary["overrides"] != "{}"][["sweep", "overrides"]].drop_duplicates()
     if len(overrides):
         lines += ["", "Settings that differ from the profile:"]
