@@ -51,7 +51,9 @@ def test_a_sweep_with_both_students_is_also_paired_within_itself():
     assert within["answer_loss_diff_mean"] == pytest.approx((-0.2 - 0.4) / 2) and within["f1_better_in"] == "2/2"
     across = d.loc[("steps40", "ce_baseline", "default/ce_baseline")]  # more steps alone, no teacher
     assert across["answer_loss_diff_mean"] == pytest.approx((-0.2 - 0.4) / 2)
-    assert ("default", "distilled", "default/ce_baseline") in d.index and len(d) == 4
+    setting = d.loc[("steps40", "distilled", "default/distilled")]  # what more steps change in the distillation
+    assert setting["answer_loss_diff_mean"] == pytest.approx((1.6 - 1.5 + 2.2 - 3.1) / 2)
+    assert ("default", "distilled", "default/ce_baseline") in d.index and len(d) == 5
     text = sweep.summary_text(sweep.summarize(RECORDS + steps), d.reset_index())
     assert "steps40/distilled          steps40/ce_baseline" in text
 

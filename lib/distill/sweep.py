@@ -292,8 +292,9 @@ def _minus(df: pd.DataFrame, rows: pd.Series, ref_rows: pd.Series, vs: str) -> p
 
 def seed_differences(records: list[dict[str, Any]], reference: tuple[str, str]) -> pd.DataFrame:
     """Per seed, each (sweep, variant) minus the reference's student of the same seed (same training examples,
-    same LoRA init); and where a sweep trained both students under its own setting (more steps, say), its
-    distilled minus its own CE-only student: what the teacher adds under that setting."""
+    same LoRA init). Two more pairs per other setting: its distilled student minus the reference sweep's
+    distilled one (what the setting changes in the distillation), and, where the setting trained both students
+    (more steps, say), its distilled minus its own CE-only student (what the teacher adds under it)."""
     df = pd.DataFrame(records)
 
     def pick(sweep: str, variant: str) -> pd.Series:
@@ -302,7 +303,12 @@ def seed_differences(records: list[dict[str, Any]], reference: tuple[str, str]) 
     is_ref = pick(*reference)
     parts = [_minus(df, ~is_ref & (df["sweep"] != "reference"), is_ref, "/".join(reference))]
     for sweep in df["sweep"].unique():
-        if sweep not in ("reference", reference[0]) and pick(sweep, "distilled").any() and pick(sweep, "ce_baseline").any():
+        if sweep in ("reference", reference[0]) or not pick(sweep, "distilled").any():
+            continue
+        if reference[1] != "distilled" and pick(reference[0], "distilled").any():
+            parts.append(_minus(df, pick(sweep, "distilled"), pick(reference[0], "distilled"),
+                                f"{reference[0]}/distilled"))
+        if pick(sweep, "ce_baseline").any():
             parts.append(_minus(df, pick(sweep, "distilled"), pick(sweep, "ce_baseline"), f"{sweep}/ce_baseline"))
     return pd.concat(parts, ignore_index=True)
 
