@@ -191,7 +191,8 @@ def seed_differences(diffs, reference: str, title: str):
         ax.invert_yaxis()
         ax.set_title(f"{text}, {better} is better", fontsize=9)
         ax.grid(axis="x", alpha=0.3)
-    fig.suptitle(f"{title}\nrows name what they are compared with unless it is {reference}\n(bars: mean, green where the row wins; whiskers: 95% t interval; dots: seeds)",
+    fig.suptitle(f"{title}\nrows name what they are compared with unless it is {reference}\n"
+                 "(bars: mean, green where the row wins; whiskers: 95% t interval; dots: seeds)",
                  fontsize=10)
     fig.tight_layout()
     return fig
