@@ -344,12 +344,13 @@ def summary_text(summary: pd.DataFrame, diffs: pd.DataFrame) -> str:
                      f"{pm(r.answer_loss_mean, r.answer_loss_sd, 3):>15} {pm(r.top1_accuracy_mean, r.top1_accuracy_sd, 3):>15} "
                      f"{pm(r.exact_match_mean, r.exact_match_sd, 1):>13} {pm(r.f1_mean, r.f1_sd, 1):>13}")
     if len(diffs):
+        w = max(len(f"{a}/{b}") for a, b in zip(diffs["sweep"], diffs["variant"])) + 1
         lines += ["", "Paired by seed: the row's student minus the same seed's student it is compared with; mean "
                   "[95% t interval] and the seeds where the row wins. An interval that spans 0 is not a finding.", "",
-                  f"{'sweep/variant':26} {'minus':22} {'seeds':>5} {'answer loss':>29} {'top-1':>29} {'EM':>23} "
+                  f"{'sweep/variant':{w}} {'minus':{w}} {'seeds':>5} {'answer loss':>29} {'top-1':>29} {'EM':>23} "
                   f"{'F1':>23}"]
         for r in diffs.itertuples():
-            lines.append(f"{r.sweep + '/' + r.variant:26} {r.vs:22} {r.paired_seeds:>5} {ci(r, 'answer_loss', 3):>29} "
+            lines.append(f"{r.sweep + '/' + r.variant:{w}} {r.vs:{w}} {r.paired_seeds:>5} {ci(r, 'answer_loss', 3):>29} "
                          f"{ci(r, 'top1_accuracy', 3):>29} {ci(r, 'exact_match', 1):>23} {ci(r, 'f1', 1):>23}")
     overrides = summary[summary["overrides"] != "{}"][["sweep", "overrides"]].drop_duplicates()
     if len(overrides):
