@@ -1,9 +1,11 @@
 """Generation and scoring helpers of the benchmark."""
+import json
+
 import pandas as pd
 import pytest
 import torch
 
-from distill import benchmark, data, models, results
+from distill import benchmark, data, models, paths, results
 
 
 @pytest.fixture(scope="module")
@@ -55,3 +57,23 @@ def test_comparison_text_has_ratios():
                                         "device": "cpu", "memory_kind": "rss", "teacher_disk_kind": "folder"})
     assert "2.00x" in text and "0.50x" in text  # half the size is 2x better; half the F1 is 0.5x
     assert isinstance(df, pd.DataFrame) and list(df.index)[0] == results.TEACHER
+
+
+def test_markdown_table_rounds_per_metric_and_compares_the_students():
+    rows = {name: {col: 1.0 for col, _, _ in results.METRICS} for name in
+            (results.TEACHER, results.BEFORE, results.BASELINE, results.DISTILLED)}
+    rows[results.TEACHER]["latency_ms_per_example"] = 600.4
+    rows[results.DISTILLED].update(latency_ms_per_example=400.2, answer_loss=1.2345, f1=17.26)
+    rows[results.BASELINE].update(answer_loss=1.3, f1=15.0)
+    lines = results.markdown_table(results.table(rows)).splitlines()
+    assert lines[0].startswith("| metric | teacher |") and len(lines) == 2 + len(results.METRICS)
+    assert "| latency (ms/example) | 600 | 1 | 1 | 400 | 1.50x | +399 |" in lines
+    assert "| answer loss (nats, teacher-forced) | 1.000 | 1.000 | 1.300 | 1.234 | 0.81x | -0.066 |" in lines
+    assert "| SQuAD F1 (%) | 1.0 | 1.0 | 15.0 | 17.3 | 17.26x | +2.3 |" in lines
+
+
+def test_readme_table_is_the_default_runs_results_json():
+    """The README's results table is read off the committed results.json, so the two cannot drift apart."""
+    committed = paths.PROJECT_ROOT / "reports" / "smollm2-135m_to_pruned24_cpu" / "results.json"
+    table = results.markdown_table(results.table(json.loads(committed.read_text())["models"]))
+    assert table in (paths.PROJECT_ROOT / "README.md").read_text()

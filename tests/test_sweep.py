@@ -94,6 +94,19 @@ def test_report_note_says_when_there_is_no_sweep_and_shows_one_when_there_is():
     note = sweep.report_note(base)
     assert "default/distilled" in note and "Paired by seed" in note
     assert (sweep.sweeps_dir(base) / "paired_differences.png").stat().st_size > 0
+    assert "NOTE: its students were trained from other base models (unrecorded)" in note
+
+
+def test_report_note_tells_whether_the_sweep_came_from_this_runs_models(tmp_path):
+    base = make_base_models(tmp_path)
+    shutil.rmtree(sweep.sweeps_dir(base), ignore_errors=True)
+    fingerprint = sweep.base_fingerprint(base)
+    sweep.save_records(base, "default", [{**r, "base_models": fingerprint} for r in RECORDS])
+    sweep.write_summary(base)
+    assert f"trained from this run's teacher and pruned student (base models {fingerprint})" in sweep.report_note(base)
+    remade = make_base_models(tmp_path, b"a teacher re-made elsewhere")
+    note = sweep.report_note(remade)
+    assert f"other base models ({fingerprint}) than this run has now ({sweep.base_fingerprint(remade)})" in note
 
 
 def test_a_sweep_scores_the_questions_the_recorded_sweeps_scored():

@@ -21,6 +21,9 @@ METRICS = [
     ("answer_loss", "answer loss (nats, teacher-forced)", "lower"),
     ("top1_accuracy", "answer top-1 accuracy", "higher"),
 ]
+# how many decimals the Markdown table (README) shows per metric
+MARKDOWN_DIGITS = {"params_m": 1, "disk_mb": 0, "latency_ms_per_example": 0, "throughput_examples_per_s": 2,
+                   "peak_memory_mb": 0, "exact_match": 1, "f1": 1, "answer_loss": 3, "top1_accuracy": 3}
 TEACHER, BEFORE, BASELINE, DISTILLED = "teacher", "student (before training)", "CE-only student", "distilled student"
 
 
@@ -58,9 +61,26 @@ def comparison_text(df: pd.DataFrame, meta: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def markdown_table(df: pd.DataFrame) -> str:
+    """The table as Markdown for the README, rounded for reading; results.json keeps the full precision."""
+    names = list(df.index)
+    compare = DISTILLED in names and TEACHER in names and BASELINE in names
+    header = ["metric", *names] + (["distilled vs teacher", "distilled - CE-only"] if compare else [])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for col, label, better in METRICS:
+        d = MARKDOWN_DIGITS[col]
+        cells = [label] + [f"{float(df.loc[n, col]):.{d}f}" for n in names]
+        if compare:
+            distilled, gap = float(df.loc[DISTILLED, col]), float(df.loc[DISTILLED, col]) - float(df.loc[BASELINE, col])
+            cells += [_ratio(distilled, float(df.loc[TEACHER, col]), better), f"{gap:+.{d}f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def write(df: pd.DataFrame, results: dict[str, dict[str, Any]], meta: dict[str, Any], folder: Path) -> None:
     files = {
         "results.txt": comparison_text(df, meta),
+        "results.md": markdown_table(df),
         "results.csv": df.to_csv(index_label="model"),
         "results.json": json.dumps({"meta": meta, "models": {n: {k: v for k, v in r.items()
                                                                  if k not in ("references",)}

@@ -10,7 +10,7 @@ mean and standard deviation over seeds, and each setting's difference to a refer
 (same seed, same training examples).
 
     python -m distill sweep params/<profile>.yaml --name default --seeds 0,1,2
-    python -m distill sweep params/<profile>.yaml --name answer --seeds 0,1,2 \
+    python -m distill sweep params/<profile>.yaml --name answer_positions --seeds 0,1,2 \
         --set distill_positions=answer --variants distilled
 """
 from __future__ import annotations
@@ -384,14 +384,20 @@ def write_summary(base: StudyParams, reference: tuple[str, str] = ("default", "c
 
 
 def report_note(base: StudyParams) -> str:
-    """What the benchmark report says about seed spread: the sweep summary when there is one."""
+    """What the benchmark report says about seed spread: the sweep summary when there is one, and whether its
+    students came from the teacher and pruned student this run has now (content fingerprints, not file times,
+    so a fresh clone or a re-made teacher is told apart)."""
     summary = sweeps_dir(base) / "summary.txt"
     if not summary.exists():
         return ("No seed sweep for this run yet: the gap between the distilled and the CE-only student above is "
                 "one seed's, not a finding. Measure the spread with\n"
                 f"    python -m distill sweep params/<profile>.yaml --name default --seeds 0,1,2   (or: make sweep)")
-    import datetime as dt
-
-    written = dt.datetime.fromtimestamp(summary.stat().st_mtime, dt.timezone.utc).isoformat(timespec="minutes")
-    return (f"{summary} (written {written}; its students were trained from this run's teacher and pruned student "
-            f"as they were then):\n\n{summary.read_text()}")
+    recorded = sorted({r.get("base_models", "unrecorded") for r in load_records(sweeps_dir(base))})
+    current = base_fingerprint(base)
+    if recorded == [current]:
+        origin = f"its students were trained from this run's teacher and pruned student (base models {current})"
+    else:
+        origin = (f"NOTE: its students were trained from other base models ({', '.join(recorded)}) than this run has "
+                  f"now ({current}), e.g. a teacher re-made on another machine; its pairs compare students of those "
+                  "models. Move that folder away and run `make sweep` to measure this run's")
+    return f"{summary}: {origin}.\n\n{summary.read_text()}"
