@@ -98,9 +98,14 @@ def base_fingerprint(base: StudyParams) -> str:
     return digest.hexdigest()[:16]
 
 
+def recorded_bases(base: StudyParams) -> set[str]:
+    """The fingerprints of the base models the run's recorded sweeps were trained from."""
+    return {r.get("base_models", "unrecorded") for r in load_records(sweeps_dir(base))}
+
+
 def check_recorded_base(base: StudyParams, fingerprint: str) -> None:
     """Stop before any training when the run's recorded sweeps came from other base models than the run has now."""
-    other = {r.get("base_models", "unrecorded") for r in load_records(sweeps_dir(base))} - {fingerprint}
+    other = recorded_bases(base) - {fingerprint}
     if other:
         raise StaleSeedRun(f"{sweeps_dir(base)}: its recorded students were trained from other base models "
                            f"({', '.join(sorted(other))}) than {base.run_name} has now ({fingerprint}); pairing them "
@@ -392,7 +397,7 @@ def report_note(base: StudyParams) -> str:
         return ("No seed sweep for this run yet: the gap between the distilled and the CE-only student above is "
                 "one seed's, not a finding. Measure the spread with\n"
                 f"    python -m distill sweep params/<profile>.yaml --name default --seeds 0,1,2   (or: make sweep)")
-    recorded = sorted({r.get("base_models", "unrecorded") for r in load_records(sweeps_dir(base))})
+    recorded = sorted(recorded_bases(base))
     current = base_fingerprint(base)
     if recorded == [current]:
         origin = f"its students were trained from this run's teacher and pruned student (base models {current})"
