@@ -16,7 +16,7 @@ export SQUAD_DIR ?= $(wildcard $(abspath ../shared/data/squad))
 export PYTHONUNBUFFERED := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-fast study sweep smoke validate params lab notebooks bench-loss clean
+.PHONY: help setup test test-fast study sweep smoke status dag validate params lab notebooks bench-loss clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -38,7 +38,7 @@ test: setup ## run the whole test suite (unit tests and an end-to-end smoke stud
 test-fast: setup ## the unit tests only (skips the end-to-end runs)
 	$(PY) -m pytest -q -m "not slow"
 
-study: setup ## run the whole study for PROFILE and render reports/<run>/ (default: the offline CPU profile)
+study: setup ## bring the study for PROFILE up to date (dvc repro: only what changed runs) and render reports/<run>/
 	$(PY) -m distill run params/$(PROFILE).yaml
 
 sweep: setup ## after `make study`: train and score the students over SEEDS; reports/<run>/sweeps/summary.txt
@@ -46,6 +46,12 @@ sweep: setup ## after `make study`: train and score the students over SEEDS; rep
 
 smoke: setup ## the whole study on tiny models in about two minutes: reports/smoke/
 	$(PY) -m distill run params/smoke.yaml
+
+status: setup ## what is out of date in PROFILE's pipeline, and why (dvc status)
+	$(PY) -m distill status params/$(PROFILE).yaml
+
+dag: setup ## the stages of PROFILE's pipeline and what feeds what (dvc dag)
+	$(PY) -m distill dag params/$(PROFILE).yaml
 
 validate: setup ## only validate params/$(PROFILE).yaml
 	$(PY) -m distill validate params/$(PROFILE).yaml
@@ -63,5 +69,5 @@ notebooks: setup ## generate the paired .ipynb files from notebooks/*.py (they a
 bench-loss: setup ## memory and speed of the KD loss at Gemma's 256k vocabulary, chunked vs not
 	$(PY) benchmarks/kd_loss_memory.py
 
-clean: ## remove executed notebooks, checkpoints and the smoke report (keeps .venv and the model cache)
-	rm -rf artifacts reports/smoke
+clean: ## remove the runs' artifacts and the smoke report and pipeline (keeps .venv, the model cache and .dvc/cache)
+	rm -rf artifacts reports/smoke pipelines/smoke

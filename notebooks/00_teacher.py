@@ -21,7 +21,7 @@ data_pool_rows: int = 400  # read only the first N rows of each split (0 = all)
 train_size: int = 32  # student training examples (disjoint from the teacher's)
 eval_size: int = 8  # held-out examples for eval loss
 bench_size: int = 8  # validation questions scored
-max_length: int = 160  # tokens per example
+max_length: int = 128  # tokens per example
 recovery_size: int = 8  # contexts for the recovery phase
 max_new_tokens: int = 8  # greedy decoding budget
 bench_batch_size: int = 4  # prompts per generation batch
@@ -30,7 +30,7 @@ bench_batch_size: int = 4  # prompts per generation batch
 import pandas as pd
 from IPython.display import display
 
-from distill import benchmark, data, models, params, plots, study
+from distill import benchmark, data, models, params, plots, pruning, sources, study
 
 p = params.from_notebook(globals())
 models.setup_torch(p.seed, p.torch_threads)
@@ -47,7 +47,7 @@ print(f"SQuAD: {len(sets.train_rows)} train, {len(sets.eval_rows)} eval, {len(se
 # trimmed), scored with the official SQuAD v1.1 normalisation.
 
 # %%
-given_source = models.resolve_source(p.teacher, p.squad_dir)
+given_source = sources.resolve_source(p.teacher, p.squad_dir)
 teacher_tok = models.load_tokenizer(given_source)
 base_teacher = models.freeze(models.load_model(given_source, dtype=p.model_dtype, device=device))
 eval_kwargs = dict(max_length=p.max_length, max_new_tokens=p.max_new_tokens, batch_size=p.bench_batch_size,
@@ -95,7 +95,7 @@ display(pd.DataFrame({k: {m: v[m] for m in ("exact_match", "f1", "answer_loss", 
 # %%
 if p.student == "prune":
     calib = study.calibration_batches(sets.train_rows, teacher_tok, p, n_batches=2)
-    importance = models.layer_importance(tuned_teacher, calib)
+    importance = pruning.layer_importance(tuned_teacher, calib)
     n_layers = len(importance)
     kept = study.pruned_layers(p, n_layers, importance)
     eval_feats = data.encode_examples(sets.eval_rows, teacher_tok, p.max_length, p.seed).features
@@ -103,14 +103,14 @@ if p.student == "prune":
                          if 1 <= k < n_layers})
     comparison = []
     for k in candidates:
-        layers = kept if k == len(kept) else models.choose_layers(n_layers, k, p.prune_method, importance)
-        candidate = models.prune_layers(tuned_teacher, layers)
+        layers = kept if k == len(kept) else pruning.choose_layers(n_layers, k, p.prune_method, importance)
+        candidate = pruning.prune_layers(tuned_teacher, layers)
         forced = benchmark.teacher_forced(candidate, eval_feats, teacher_tok.pad_token_id, p.batch_size, device)
         comparison.append({"layers kept": k, "answer loss": forced["answer_loss"],
                            "top-1": forced["top1_accuracy"], "layers": layers})
         del candidate
     display(pd.DataFrame(comparison).round(3))
-    student_model = models.prune_layers(tuned_teacher, kept)
+    student_model = pruning.prune_layers(tuned_teacher, kept)
     study.save_student_init(p, student_model, teacher_tok, {"kept_layers": kept, "importance": importance,
                                                             "method": p.prune_method, "comparison": comparison})
     plots.save(plots.layer_importance(importance, kept, f"{p.run_name}: layer importance, {len(kept)} of {n_layers} kept"),

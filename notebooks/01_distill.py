@@ -19,7 +19,7 @@ teacher_finetune: bool = True  # distil from the SQuAD-tuned teacher made by 00_
 data_pool_rows: int = 400  # read only the first N rows of each split (0 = all)
 train_size: int = 32  # training examples
 eval_size: int = 8  # held-out examples for the eval loss
-max_length: int = 160  # tokens per example; long contexts are windowed around the answer
+max_length: int = 128  # tokens per example; long contexts are windowed around the answer
 recovery_size: int = 8  # contexts for the recovery phase (0 = off)
 recovery_steps: int = 1  # optimizer steps of the recovery phase
 use_lora: bool = True  # LoRA adapter (false: full student)
@@ -111,16 +111,24 @@ print(f"layer map (student layer -> teacher layer): {cfg.layer_map if p.beta_mse
 # plus (for the distilled variant) the teacher's distribution on every token, as Minitron does.
 
 # %%
-if p.recovery_steps:
+inputs = study.training_inputs(p)
+resume_from = training.checkpoint_to_resume(p, out_dir, cfg, inputs, projection)
+if p.recovery_steps and resume_from is None:
     recovery_feats = data.encode_contexts(sets.recovery_rows, tokenizer, p.max_length)
     rec_cfg = training.loss_config(p.replace(distill_positions="all"), n_student, n_teacher, vocab_size, pruned_from)
-    recovery = training.train(p, student_model, tokenizer, recovery_feats, [], study.variant_dir(p, f"{p.variant}_recovery"),
-                              teacher=teacher_model, cfg=rec_cfg, max_steps=p.recovery_steps, projection=projection)
+    recovery = training.train(p, student_model, tokenizer, recovery_feats, [], out_dir / "recovery",
+                              teacher=teacher_model, cfg=rec_cfg, max_steps=p.recovery_steps, projection=projection,
+                              inputs=inputs)
     student_model = recovery.trainer.model
-    plots.save(plots.loss_components(recovery.log_history, f"{p.run_name} {p.variant}: recovery phase"),
-               report, f"recovery_loss_components_{p.variant}")
+    recovery_history = recovery.log_history
+elif p.recovery_steps:
+    print(f"resuming from {resume_from.name}: it holds the weights after the recovery phase and the steps before it")
+    recovery_history = training.read_log_history(out_dir / "recovery")
 else:
     print("no recovery phase")
+if p.recovery_steps:
+    plots.save(plots.loss_components(recovery_history, f"{p.run_name} {p.variant}: recovery phase"),
+               report, f"recovery_loss_components_{p.variant}")
 
 # %% [markdown]
 # ## Training on SQuAD answers
@@ -130,7 +138,7 @@ else:
 
 # %%
 result = training.train(p, student_model, tokenizer, train_enc.features, eval_enc.features, out_dir,
-                        teacher=teacher_model, cfg=cfg, projection=projection)
+                        teacher=teacher_model, cfg=cfg, projection=projection, inputs=inputs)
 history = result.log_history
 train_log = [e for e in history if "loss" in e]
 eval_log = [e for e in history if "eval_loss" in e]

@@ -16,7 +16,7 @@ teacher_load_in_4bit: bool = True  # the teacher as the study loads it
 teacher_finetune: bool = True  # use the SQuAD-tuned teacher from 00_teacher
 deploy_dir: str = ""  # where the merged distilled student goes; empty = <run>/deploy
 data_pool_rows: int = 400  # read only the first N rows of each split (0 = all)
-max_length: int = 160  # tokens per prompt
+max_length: int = 128  # tokens per prompt
 max_new_tokens: int = 8  # greedy decoding budget
 bench_batch_size: int = 4  # prompts per generation batch
 qualitative_examples: int = 3  # validation examples shown side by side
@@ -25,7 +25,7 @@ qualitative_examples: int = 3  # validation examples shown side by side
 import pandas as pd
 from IPython.display import display
 
-from distill import benchmark, models, params, plots, study
+from distill import benchmark, merge, models, params, plots, study
 
 p = params.from_notebook(globals())
 models.setup_torch(p.seed, p.torch_threads)
@@ -36,7 +36,7 @@ sets = study.load_data(p)
 # ## Merge and verify
 
 # %%
-merges = [study.merge_variant(p, v, device, sets.eval_rows[:4]) for v in study.VARIANTS]
+merges = [merge.merge_variant(p, v, device, sets.eval_rows[:4]) for v in study.VARIANTS]
 display(pd.DataFrame(merges))
 plots.save(plots.merge_check(merges, f"{p.run_name}: merged vs adapter logits"), p.report_dir, "merge_logit_check")
 

@@ -11,56 +11,38 @@
 # %% tags=["parameters"]
 run_name: str = "smoke"  # report folder reports/<run_name>
 seed: int = 0  # seed of the subsets
-teacher: str = "tiny:teacher"  # the teacher spec
-student: str = "tiny:student"  # the base student spec
-teacher_load_in_4bit: bool = True  # benchmark the teacher as the study loads it
-teacher_finetune: bool = True  # the SQuAD-tuned teacher from 00_teacher
-deploy_dir: str = ""  # the merged distilled student; empty = <run>/deploy
-data_pool_rows: int = 400  # read only the first N rows of each split (0 = all)
 bench_size: int = 8  # validation questions scored
-max_length: int = 160  # tokens per prompt
 max_new_tokens: int = 8  # greedy decoding budget
 bench_batch_size: int = 4  # prompts per generation batch
-bench_warmup: int = 1  # untimed warm-up batches
 
 # %%
-import tempfile
-from pathlib import Path
-
 import pandas as pd
 from IPython.display import Image, display
 
-from distill import benchmark, models, params, plots, results, study, sweep
+from distill import params, pipeline, plots, results, sweep
 
 p = params.from_notebook(globals())
-models.setup_torch(p.seed, p.torch_threads)
-device = models.resolve_device(p.device)
-sets = study.load_data(p)
-rows_file = Path(tempfile.mkdtemp()) / "bench_rows.json"
-study.write_json(rows_file, sets.bench_rows)
-common = dict(rows_file=str(rows_file), seed=p.seed, device=p.device, threads=p.torch_threads, dtype=p.model_dtype,
-              max_length=p.max_length, max_new_tokens=p.max_new_tokens, batch_size=p.bench_batch_size,
-              warmup_batches=p.bench_warmup, bnb_compute_dtype=p.bnb_compute_dtype)
-specs = {results.TEACHER: dict(source=study.teacher_source(p), load_in_4bit=p.teacher_load_in_4bit),
-         results.BEFORE: dict(source=study.student_source(p)),
-         results.BASELINE: dict(source=str(study.merged_dir(p, "ce_baseline"))),
-         results.DISTILLED: dict(source=str(study.merged_dir(p, "distilled")))}
+names = {"teacher": results.TEACHER, "student_before": results.BEFORE, "ce_baseline": results.BASELINE,
+         "distilled": results.DISTILLED}
 
 # %% [markdown]
-# ## Running each model in its own process
+# ## The measurements
+# The pipeline's `score-<model>` stages scored each model's answers; its `speed-<model>` stages timed each
+# model alone in a fresh process. This page only reads what they wrote.
 
 # %%
-measured = {}
-for name, spec in specs.items():
-    measured[name] = benchmark.benchmark_in_subprocess({**common, **spec, "name": name})
-    print(f"{name:28} F1 {measured[name]['f1']:5.1f}  {measured[name]['latency_ms_per_example']:8.1f} ms/example  "
-          f"peak {measured[name]['peak_memory_mb']:7.0f} MB")
+measured = {label: pipeline.measurements(p, model) for model, label in names.items()}
+for name, m in measured.items():
+    print(f"{name:28} F1 {m['f1']:5.1f}  {m['latency_ms_per_example']:8.1f} ms/example  "
+          f"peak {m['peak_memory_mb']:7.0f} MB")
 table = results.table(measured)
-meta = {"run_name": p.run_name, "n_examples": len(sets.bench_rows), "max_new_tokens": p.max_new_tokens,
-        "batch_size": p.bench_batch_size, "device": str(device),
+meta = {"run_name": p.run_name, "n_examples": measured[results.TEACHER]["n_examples"],
+        "max_new_tokens": p.max_new_tokens, "batch_size": p.bench_batch_size,
+        "device": measured[results.TEACHER]["device"],
         "memory_kind": measured[results.TEACHER]["peak_memory_kind"],
         "teacher_disk_kind": measured[results.TEACHER]["disk_kind"],
-        "runtime_rss_mb": {n: r["runtime_rss_mb"] for n, r in measured.items()}}
+        "runtime_rss_mb": {n: r["runtime_rss_mb"] for n, r in measured.items()},
+        "question_ids": measured[results.TEACHER]["question_ids"]}
 results.write(table, measured, meta, p.report_dir)
 print(results.comparison_text(table, meta))
 
@@ -81,8 +63,7 @@ plots.save(plots.f1_vs_latency(table, f"{p.run_name}: F1 vs latency"), p.report_
 # A few raw generations per model, before the shared post-processing (first line, trimmed).
 
 # %%
-raw = pd.DataFrame({"question": [r["question"] for r in sets.bench_rows[:5]],
-                    "gold": [r["answers"]["text"][0] for r in sets.bench_rows[:5]],
+raw = pd.DataFrame({"gold": [r[0] for r in measured[results.TEACHER]["references"][:5]],
                     **{n: r["raw_generations"][:5] for n, r in measured.items()}})
 with pd.option_context("display.max_colwidth", 60):
     display(raw)

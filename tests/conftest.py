@@ -83,3 +83,35 @@ def run_cli(*args: str, env: dict | None = None, timeout: int = 600):
 
     return subprocess.run([sys.executable, "-m", "distill", *args], capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, timeout=timeout)
+
+
+def make_project_copy(dest: Path) -> Path:
+    """The project's tracked sources in a fresh folder with git and DVC, so a pipeline run writes only there.
+
+    The copy imports its own `distill` (PYTHONPATH) and shares the session's model cache and synthetic SQuAD.
+    """
+    import shutil
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("lib", "notebooks", "params"):
+        shutil.copytree(root / name, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "dvc.lock"))
+    (dest / ".dvc").mkdir()
+    for name in (".dvc/config", ".dvc/.gitignore", ".dvcignore", ".gitignore"):
+        shutil.copy(root / name, dest / name)
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+    return dest
+
+
+def project_env(project: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("DISTILL_REPORTS_DIR", "DISTILL_ARTIFACTS_DIR")}
+    env["PYTHONPATH"] = str(project / "lib")
+    return env
+
+
+def run_in_project(project: Path, *args: str, timeout: int = 900):
+    import subprocess
+
+    return subprocess.run([sys.executable, "-m", "distill", *args], capture_output=True, text=True, cwd=project,
+                          env=project_env(project), timeout=timeout)

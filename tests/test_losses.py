@@ -458,3 +458,163 @@ def test_total_loss_weights_and_skipped_terms():
     assert losses.total_loss(ce, torch.tensor(float("nan")), None, 1.0, 0.0, 0.0).item() == pytest.approx(2.0)
     assert losses.total_loss(None, None, None, 0.0, 0.0, 0.0).item() == 0.0
     assert losses.total_loss(None, kd, None, 1.0, 2.0, 0.0).item() == pytest.approx(6.0)  # None counts as 0
+
+
+# --------------------------------------------------------------------------------------------
+# Sparse teachers: top-k (bucket / renormalised tail) and sampled tokens
+# --------------------------------------------------------------------------------------------
+def _reference_sparse(s, ids, tlp, mask, temperature, kind, beta, tail):
+    """The sparse divergence written out row by row in float64, 0 log 0 = 0, no shared code."""
+    total, n = 0.0, 0
+    for b in range(s.shape[0]):
+        for t in range(s.shape[1]):
+            if not mask[b, t]:
+                continue
+            q_full = torch.softmax(s[b, t].double() / temperature, -1)
+            q = q_full[ids[b, t]]
+            p = tlp[b, t].double().exp()
+            if tail == "bucket":
+                p = torch.cat([p, (1 - p.sum()).clamp_min(0).reshape(1)])
+                q = torch.cat([q, (1 - q.sum()).clamp_min(0).reshape(1)])
+            else:
+                p, q = p / p.sum(), q / q.sum()
+
+            def kl(a, c):
+                keep = a > 0
+                return float((a[keep] * (a[keep].log() - c[keep].log())).sum())
+            if kind == "forward_kl":
+                d = kl(p, q)
+            elif kind == "reverse_kl":
+                d = kl(q, p)
+            else:
+                m = beta * p + (1 - beta) * q
+                d = beta * kl(p, m) + (1 - beta) * kl(q, m)
+            total += d
+            n += 1
+    return total * temperature ** 2 / max(n, 1)
+
+
+def _sparse_case(B=2, T=6, V=40, k=7, seed=0, temperature=2.0):
+    g = torch.Generator().manual_seed(seed)
+    s = torch.randn(B, T, V, generator=g) * 2
+    t = torch.randn(B, T, V, generator=g) * 2
+    mask = torch.rand(B, T, generator=g) > 0.3
+    mask[0, 0] = True
+    tlp_full = torch.log_softmax(t / temperature, -1)
+    ids = torch.topk(tlp_full, k, dim=-1).indices
+    return s, t, mask, ids, tlp_full.gather(-1, ids)
+
+
+@pytest.mark.parametrize("kind", losses.KD_KINDS)
+@pytest.mark.parametrize("tail", losses.SPARSE_TAILS)
+def test_sparse_with_every_id_kept_equals_the_dense_divergence(kind, tail):
+    s, t, mask, _, _ = _sparse_case()
+    perm = torch.argsort(torch.rand(2, 6, 40), -1)  # every id, in any order
+    tlp = torch.log_softmax(t / 2.0, -1).gather(-1, perm)
+    dense = losses.kd_divergence(s, t, mask, temperature=2.0, kind=kind, beta=0.3)
+    sparse = losses.sparse_kd_divergence(s, perm, tlp, mask, temperature=2.0, kind=kind, beta=0.3, tail=tail)
+    assert float(sparse) == pytest.approx(float(dense), rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("kind", losses.KD_KINDS)
+@pytest.mark.parametrize("tail", losses.SPARSE_TAILS)
+def test_sparse_matches_a_row_by_row_reference(kind, tail):
+    s, _, mask, ids, tlp = _sparse_case()
+    got = losses.sparse_kd_divergence(s, ids, tlp, mask, temperature=2.0, kind=kind, beta=0.3, tail=tail)
+    want = _reference_sparse(s, ids, tlp, mask, 2.0, kind, 0.3, tail)
+    assert float(got) == pytest.approx(want, rel=1e-4, abs=1e-6)
+    assert want > 0
+
+
+def test_bucket_and_renormalised_tails_differ_and_both_vanish_on_the_teacher():
+    s, t, mask, ids, tlp = _sparse_case()
+    bucket = losses.sparse_kd_divergence(s, ids, tlp, mask, temperature=2.0, tail="bucket")
+    renorm = losses.sparse_kd_divergence(s, ids, tlp, mask, temperature=2.0, tail="renormalize")
+    assert float(bucket) != pytest.approx(float(renorm), rel=1e-3)
+    for tail in losses.SPARSE_TAILS:  # the student that is the teacher has nothing to learn
+        same = losses.sparse_kd_divergence(t, ids, tlp, mask, temperature=2.0, tail=tail)
+        assert abs(float(same)) < 1e-5
+
+
+def test_sparse_chunks_give_the_same_loss_and_gradient():
+    s, _, mask, ids, tlp = _sparse_case(B=3, T=9)
+    grads = []
+    for chunk in (None, 4):
+        x = s.clone().requires_grad_(True)
+        loss = losses.sparse_kd_divergence(x, ids, tlp, mask, temperature=2.0, kind="jsd", chunk_size=chunk,
+                                           num_items=11)
+        loss.backward()
+        grads.append((loss.item(), x.grad.clone()))
+    assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-6)
+    assert torch.allclose(grads[0][1], grads[1][1], atol=1e-7)
+    assert grads[0][1][~mask].abs().sum() == 0 and grads[0][1][mask].abs().sum() > 0
+
+
+def test_sparse_at_a_smollm_sized_vocabulary():
+    V, k = 49_152, 16
+    g = torch.Generator().manual_seed(3)
+    s = torch.randn(1, 3, V, generator=g) * 3
+    t = torch.randn(1, 3, V, generator=g) * 3
+    mask = torch.tensor([[True, False, True]])
+    tlp_full = torch.log_softmax(t / 2.0, -1)
+    ids = torch.topk(tlp_full, k, -1).indices
+    for tail in losses.SPARSE_TAILS:
+        got = losses.sparse_kd_divergence(s, ids, tlp_full.gather(-1, ids), mask, temperature=2.0, tail=tail)
+        want = _reference_sparse(s, ids, tlp_full.gather(-1, ids), mask, 2.0, "forward_kl", 0.5, tail)
+        assert float(got) == pytest.approx(want, rel=1e-4)
+
+
+def test_sparse_with_nothing_masked_is_an_exact_zero_with_a_graph():
+    s, _, mask, ids, tlp = _sparse_case()
+    x = s.clone().requires_grad_(True)
+    loss = losses.sparse_kd_divergence(x, ids, tlp, torch.zeros_like(mask), temperature=2.0)
+    loss.backward()
+    assert float(loss) == 0.0 and x.grad.abs().sum() == 0
+
+
+def test_sparse_rejects_bad_arguments_by_name():
+    s, _, mask, ids, tlp = _sparse_case()
+    with pytest.raises(ValueError, match="tail"):
+        losses.sparse_kd_divergence(s, ids, tlp, mask, tail="drop")
+    with pytest.raises(ValueError, match="do not line up"):
+        losses.sparse_kd_divergence(s, ids[:, :, :3], tlp, mask)
+    with pytest.raises(ValueError, match="integer token ids"):
+        losses.sparse_kd_divergence(s, ids.float(), tlp, mask)
+
+
+def _draw(tlp_full, n_samples, g):
+    """Distinct sampled ids with their counts, as the sampled cache stores them (padded with count 0)."""
+    B, T, V = tlp_full.shape
+    draws = torch.multinomial(tlp_full.exp().reshape(-1, V), n_samples, replacement=True, generator=g)
+    counts = torch.zeros(B * T, V).scatter_add_(1, draws, torch.ones_like(draws, dtype=torch.float))
+    ids = torch.argsort(counts, -1, descending=True)[:, :n_samples]
+    c = counts.gather(1, ids)
+    return ids.reshape(B, T, -1), c.reshape(B, T, -1)
+
+
+def test_sampled_estimator_is_unbiased_for_the_forward_kl_and_its_gradient():
+    s, t, mask, _, _ = _sparse_case(B=1, T=3, V=12)
+    mask[:] = True
+    tlp_full = torch.log_softmax(t / 2.0, -1)
+    x = s.clone().requires_grad_(True)
+    dense = losses.kd_divergence(x, t, mask, temperature=2.0)
+    (g_dense,) = torch.autograd.grad(dense, x)
+    g = torch.Generator().manual_seed(0)
+    values, grads = [], []
+    for _ in range(3000):
+        ids, counts = _draw(tlp_full, 4, g)
+        est = losses.sampled_kd_divergence(x, ids, tlp_full.gather(-1, ids), counts, mask, temperature=2.0)
+        (g_est,) = torch.autograd.grad(est, x)
+        values.append(float(est))
+        grads.append(g_est)
+    mean = sum(values) / len(values)
+    sd = torch.tensor(values).std().item() / len(values) ** 0.5
+    assert abs(mean - float(dense)) < 4 * sd + 1e-4, (mean, float(dense), sd)
+    g_mean = torch.stack(grads).mean(0)
+    assert torch.allclose(g_mean, g_dense, atol=0.02), (g_mean - g_dense).abs().max()
+
+
+def test_sampled_counts_must_match_the_ids():
+    s, _, mask, ids, tlp = _sparse_case()
+    with pytest.raises(ValueError, match="counts"):
+        losses.sampled_kd_divergence(s, ids, tlp, torch.ones(2, 6, 3), mask)

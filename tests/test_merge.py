@@ -7,7 +7,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from distill import data, models, params, study
+from distill import data, merge, models, params, study
 
 
 @pytest.fixture
@@ -30,7 +30,7 @@ def digest(folder: Path) -> str:
 
 def test_merged_folder_loads_alone_with_the_adapter_logits(trained_adapter):
     p, rows = trained_adapter
-    m = study.merge_variant(p, "distilled", torch.device("cpu"), rows)
+    m = merge.merge_variant(p, "distilled", torch.device("cpu"), rows)
     assert m["max_abs_logit_diff"] <= m["tolerance"] and m["reloaded_max_abs_logit_diff"] <= m["tolerance"]
     deployed = AutoModelForCausalLM.from_pretrained(m["deploy_dir"])
     assert not any("lora" in n for n, _ in deployed.named_parameters())
@@ -45,12 +45,12 @@ def test_merged_folder_loads_alone_with_the_adapter_logits(trained_adapter):
 
 def test_a_saved_folder_that_loses_the_adapter_never_replaces_the_deployment(trained_adapter, monkeypatch):
     p, rows = trained_adapter
-    first = Path(study.merge_variant(p, "distilled", torch.device("cpu"), rows)["deploy_dir"])
+    first = Path(merge.merge_variant(p, "distilled", torch.device("cpu"), rows)["deploy_dir"])
     before = digest(first)
     real_load = models.load_model
     # a save that silently dropped the merged weights: loading it gives the untrained student
     monkeypatch.setattr(models, "load_model", lambda source, **kw: real_load(study.student_source(p), **kw))
     with pytest.raises(RuntimeError, match="the saved model, loaded alone, differs"):
-        study.merge_variant(p, "distilled", torch.device("cpu"), rows)
+        merge.merge_variant(p, "distilled", torch.device("cpu"), rows)
     assert digest(first) == before
     assert [f.name for f in first.parent.iterdir() if f.name.startswith(".")] == []  # no half-written folder left

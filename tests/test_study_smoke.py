@@ -1,29 +1,50 @@
-"""End to end: the smoke profile through the runner, as `make smoke` runs it."""
+"""End to end: the smoke profile through the DVC pipeline, as `make smoke` runs it, in a fresh copy of the project."""
 import json
+import os
 import re
-import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import nbformat
 import pytest
+import yaml
 from transformers import AutoModelForCausalLM
 
-from conftest import run_cli
-from distill import params, results, study, sweep
+from conftest import make_project_copy, project_env, run_in_project
+from distill import results
 
 pytestmark = pytest.mark.slow
+RUN = re.compile(r"^Running stage 'pipelines/[^/]+/dvc.yaml:([\w-]+)'", re.M)
+
+
+class Run:
+    """Where the copy's smoke run writes (the same layout as the project's)."""
+
+    def __init__(self, project: Path, run_name: str = "smoke"):
+        self.project, self.run_name = project, run_name
+        self.report_dir = project / "reports" / run_name
+        self.run_dir = project / "artifacts" / run_name
 
 
 @pytest.fixture(scope="module")
-def smoke_run():
-    res = run_cli("run", "params/smoke.yaml", timeout=900)
-    p = params.load("params/smoke.yaml")
-    return res, p
+def project(tmp_path_factory):
+    return make_project_copy(tmp_path_factory.mktemp("smoke") / "project")
+
+
+@pytest.fixture(scope="module")
+def smoke_run(project):
+    res = run_in_project(project, "run", "params/smoke.yaml")
+    return res, Run(project)
 
 
 def test_runner_succeeds(smoke_run):
     res, _ = smoke_run
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    assert "[5/5] 03_benchmark" in res.stdout
+    ran = RUN.findall(res.stdout)
+    assert ran[0] == "teacher" and ran[-1] == "report" and len(ran) == 13
 
 
 def test_reports_exist_with_embedded_charts_and_no_errors(smoke_run):
@@ -41,7 +62,8 @@ def test_reports_exist_with_embedded_charts_and_no_errors(smoke_run):
     manifest = json.loads((p.report_dir / "manifest.json").read_text())
     assert manifest["status"] == "ok" and manifest["params"]["run_name"] == "smoke"
     assert {"torch", "transformers", "peft"} <= set(manifest["packages"]) and manifest["git"]["commit"]
-    assert all(s["wall_s"] > 0 for s in manifest["steps"])
+    assert all(s["wall_s"] > 0 and s["status"] == "ok" for s in manifest["steps"])
+    assert len(manifest["steps"]) == 5
 
 
 def test_training_logged_every_component(smoke_run):
@@ -56,12 +78,12 @@ def test_training_logged_every_component(smoke_run):
         assert all(key in e for e in evals), key
     baseline = json.loads((p.report_dir / "log_history_ce_baseline.json").read_text())
     assert all("train_kd" not in e for e in baseline)  # no teacher term, no teacher forward
-    assert (study.variant_dir(p, "distilled") / "best" / "hidden_projection.safetensors").exists()
+    assert (p.run_dir / "students" / "distilled" / "best" / "hidden_projection.safetensors").exists()
 
 
 def test_deploy_folder_loads_alone(smoke_run):
     _, p = smoke_run
-    model = AutoModelForCausalLM.from_pretrained(study.merged_dir(p, "distilled"))
+    model = AutoModelForCausalLM.from_pretrained(p.run_dir / "deploy")
     assert not any("lora" in n for n, _ in model.named_parameters())
     merge = json.loads((p.report_dir / "merge.json").read_text())
     assert all(m["max_abs_logit_diff"] <= m["tolerance"] for m in merge)
@@ -81,30 +103,106 @@ def test_results_hold_all_four_models(smoke_run):
     assert (p.report_dir / "results.csv").read_text().startswith("model,")
 
 
-def test_seed_sweep_trains_scores_and_summarises(smoke_run):
-    res, p = smoke_run
-    assert res.returncode == 0
-    # a fresh sweep: an earlier session's seed runs and records were made from an earlier base run
-    shutil.rmtree(p.report_dir / "sweeps", ignore_errors=True)
-    for seed in (0, 1):
-        shutil.rmtree(sweep.seed_params(p, "t", seed, {}).run_dir, ignore_errors=True)
-    out = run_cli("sweep", "params/smoke.yaml", "--name", "t", "--seeds", "0,1", "--questions", "4",
-                  "--reference", "t/ce_baseline", timeout=900)
+def _ran(project, *args):
+    res = run_in_project(project, "run", "params/smoke.yaml", *args)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return set(RUN.findall(res.stdout))
+
+
+def _dvc(project, *args):
+    exe = str(Path(sys.executable).parent / "dvc")
+    return subprocess.run([exe, *args], cwd=project, env=project_env(project), capture_output=True, text=True)
+
+
+def test_an_unchanged_study_reruns_nothing_and_dvc_status_is_clean(smoke_run):
+    _, p = smoke_run
+    assert _ran(p.project) == set()
+    status = _dvc(p.project, "status", "pipelines/smoke/dvc.yaml")
+    assert status.returncode == 0 and "up to date" in status.stdout, status.stdout
+    lock = yaml.safe_load((p.project / "pipelines" / "smoke" / "dvc.lock").read_text())["stages"]
+    assert len(lock) == 13
+    for name, entry in lock.items():
+        assert entry.get("outs"), name
+        assert all(o.get("md5") for o in entry["outs"]), name
+        assert entry["deps"] and entry["params"], name
+
+
+def test_a_loss_key_reruns_only_the_stages_downstream_of_distillation(smoke_run):
+    _, p = smoke_run
+    ran = _ran(p.project, "--set", "temperature=3")
+    assert ran == {"train-distilled", "merge", "score-distilled", "speed-distilled", "report"}
+
+
+def _wait_for(predicate, proc, timeout=600):
+    start = time.time()
+    while not predicate():
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"run ended before the kill (rc {proc.returncode}):\n{out[-2000:]}\n{err[-2000:]}")
+        assert time.time() - start < timeout
+        time.sleep(0.05)
+
+
+def test_kill_during_training_resumes_to_the_same_result_and_a_second_run_is_refused(smoke_run):
+    """kill -9 the whole run while the distilled student trains, after its first checkpoint; run it again."""
+    _, p = smoke_run
+    kill = Run(p.project, "smoke_kill")
+    args = ["--set", "run_name=smoke_kill", "--set", "max_steps=12", "--set", "recovery_steps=0"]
+    proc = subprocess.Popen([sys.executable, "-m", "distill", "run", "params/smoke.yaml", *args], cwd=p.project,
+                            env=project_env(p.project), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    students = kill.run_dir / "students" / "distilled"
+    _wait_for(lambda: (students / "checkpoint-2" / "trainer_state.json").exists(), proc)
+    second = run_in_project(p.project, "run", "params/smoke.yaml", *args, timeout=60)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    assert second.returncode == 2 and "run smoke_kill is already running" in second.stderr, second.stderr
+    assert not (students / "best").exists(), "training finished before the kill: the test proves nothing"
+
+    resumed = run_in_project(p.project, "run", "params/smoke.yaml", *args)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    ran = set(RUN.findall(resumed.stdout))
+    assert "teacher" not in ran and "train-distilled" in ran
+    executed = (kill.run_dir / "executed" / "01_distill.ipynb").read_text()
+    assert "resuming distilled from checkpoint-" in executed
+    history = json.loads((kill.report_dir / "log_history_distilled.json").read_text())
+
+    fresh = run_in_project(p.project, "run", "params/smoke.yaml", *args, "--set", "resume=false", "--force",
+                           "--only", "train-distilled")
+    assert fresh.returncode == 0, fresh.stdout[-3000:] + fresh.stderr[-3000:]
+    again = json.loads((kill.report_dir / "log_history_distilled.json").read_text())
+    evals = [(e["step"], e["eval_loss"]) for e in history if "eval_loss" in e]
+    fresh_evals = [(e["step"], e["eval_loss"]) for e in again if "eval_loss" in e]
+    assert [s for s, _ in evals] == [s for s, _ in fresh_evals] == [2, 4, 6, 8, 10, 12]
+    for (_, a), (_, b) in zip(evals, fresh_evals):
+        assert a == pytest.approx(b, abs=1e-5)
+
+
+def test_seed_sweep_trains_scores_and_summarises_from_the_runs_models(smoke_run):
+    _, p = smoke_run
+    args = ["sweep", "params/smoke.yaml", "--name", "t", "--seeds", "0,1", "--questions", "4", "--reference",
+            "t/ce_baseline"]
+    out = run_in_project(p.project, *args)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    records = json.loads((p.report_dir / "sweeps" / "t.json").read_text())
-    assert sorted((r["seed"], r["variant"]) for r in records) == [
-        (0, "ce_baseline"), (0, "distilled"), (1, "ce_baseline"), (1, "distilled")]
-    assert all(r["n_examples"] == 4 and r["answer_loss"] > 0 for r in records)
-    assert len({r["base_models"] for r in records}) == 1 and records[0]["base_models"] == sweep.base_fingerprint(p)
+    ran = set(RUN.findall(out.stdout))
+    assert {"sweep-t-seed0-distilled", "sweep-t-seed1-ce_baseline", "sweep-score-teacher", "sweep-summary"} <= ran
+    scores = {(seed, v): json.loads((p.run_dir / "sweeps" / "t" / f"seed{seed}" / "scores" / f"{v}_4q.json").read_text())
+              for seed in (0, 1) for v in ("distilled", "ce_baseline")}
+    assert all(s["n_examples"] == 4 and s["answer_loss"] > 0 for s in scores.values())
     # the seed moves training: the two seeds' students differ
-    by = {(r["seed"], r["variant"]): r["answer_loss"] for r in records}
-    assert by[(0, "distilled")] != by[(1, "distilled")]
+    assert scores[(0, "distilled")]["answer_loss"] != scores[(1, "distilled")]["answer_loss"]
     summary = (p.report_dir / "sweeps" / "summary.txt").read_text()
     assert re.search(r"^t/distilled +t/ce_baseline +2 ", summary, re.M) and "reference/teacher" in summary
-    assert "reference/student_before" in summary
     assert (p.report_dir / "sweeps" / "seed_scores.png").stat().st_size > 5000
-    # a second call trains nothing and reuses the scores
-    again = run_cli("sweep", "params/smoke.yaml", "--name", "t", "--seeds", "0,1", "--questions", "4",
-                    "--reference", "t/ce_baseline", timeout=300)
-    assert again.returncode == 0 and "already trained" in again.stdout
-    assert json.loads((p.report_dir / "sweeps" / "t.json").read_text()) == records
+    lock = yaml.safe_load((p.project / "pipelines" / "smoke" / "dvc.lock").read_text())["stages"]
+    teacher_md5 = next(o["md5"] for o in lock["teacher"]["outs"] if o["path"].endswith("/teacher"))
+    assert f"Base models (tuned teacher and pruned student, from dvc.lock): {teacher_md5[:8]}" in summary
+    assert json.loads((p.report_dir / "sweeps" / "summary.json").read_text())["base_models"] == teacher_md5[:8]
+    # a second call trains and scores nothing; one more seed trains only that seed
+    again = run_in_project(p.project, *args)
+    assert again.returncode == 0 and not RUN.findall(again.stdout)
+    more = run_in_project(p.project, *[a if a != "0,1" else "2" for a in args])
+    assert more.returncode == 0, more.stdout[-3000:] + more.stderr[-3000:]
+    assert set(RUN.findall(more.stdout)) == {"sweep-t-seed2-distilled", "sweep-t-seed2-ce_baseline",
+                                             "sweep-score-t-seed2-distilled", "sweep-score-t-seed2-ce_baseline",
+                                             "sweep-summary"}

@@ -2,9 +2,9 @@
 import json
 import math
 import re
-import shutil
 
 import pytest
+import yaml
 
 from conftest import run_cli
 from distill import params, sweep
@@ -59,10 +59,27 @@ def test_a_sweep_with_both_students_is_also_paired_within_itself():
     assert re.search(r"^steps40/distilled +steps40/ce_baseline +2 ", text, re.M)
 
 
-def test_seed_run_names_stay_out_of_git_and_reject_odd_names():
-    base = params.load("params/smoke.yaml")
+@pytest.fixture
+def base(tmp_path, monkeypatch):
+    """The smoke run with its pipeline folder in tmp_path and its outputs inside the project tree's layout."""
+    from distill import paths, pipeline
+
+    import shutil
+
+    monkeypatch.setattr(paths, "REPORTS_DIR", paths.PROJECT_ROOT / "reports")  # reports/_*/ is git-ignored
+    p = params.load("params/smoke.yaml").replace(run_name="_sweep_check", output_dir="artifacts/_sweep_check")
+    for folder in (p.report_dir, pipeline.pipeline_dir(p)):
+        shutil.rmtree(folder, ignore_errors=True)
+    yield p
+    for folder in (p.report_dir, pipeline.pipeline_dir(p)):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_seed_params_name_the_seed_run_and_reject_odd_settings(base):
     p = sweep.seed_params(base, "answer", 3, {"distill_positions": "answer"})
-    assert p.run_name == "_smoke_answer_seed3" and p.seed == 3 and p.distill_positions == "answer"
+    assert p.run_name == "__sweep_check_answer_seed3" and p.seed == 3 and p.distill_positions == "answer"
+    assert p.output_dir == "artifacts/_sweep_check/sweeps/answer/seed3"
+    assert p.base_run_dir == "artifacts/_sweep_check"  # trains from the base run's teacher and pruned student
     with pytest.raises(params.ParamsError, match="--name"):
         sweep.seed_params(base, "a/b", 0, {})
     with pytest.raises(params.ParamsError, match="unknown params key"):
@@ -74,113 +91,73 @@ def test_seed_run_names_stay_out_of_git_and_reject_odd_names():
             sweep.seed_params(base, "x", 0, {key: 1})
 
 
-def test_missing_base_teacher_is_named(tmp_path):
-    base = params.load("params/smoke.yaml").replace(output_dir=str(tmp_path / "base"))
-    p = sweep.seed_params(base, "x", 1, {})
-    with pytest.raises(FileNotFoundError, match="--only 00_teacher"):
-        sweep.share_base_models(base, p)
+def test_extending_a_sweep_keeps_its_seeds_and_a_name_keeps_its_setting(base):
+    sweep.register(base, "default", [0, 1], ["distilled", "ce_baseline"], {}, 0)
+    reg = sweep.register(base, "default", [2], ["distilled"], {}, 0)
+    assert reg["sweeps"]["default"]["seeds"] == [0, 1, 2] and reg["questions"] == base.bench_size
+    assert reg["sweeps"]["default"]["variants"] == ["distilled", "ce_baseline"]
+    with pytest.raises(params.ParamsError, match=r"--name default: it holds seeds trained with \{\}"):
+        sweep.register(base, "default", [3], ["distilled"], {"temperature": 1.0}, 0)
+    with pytest.raises(params.ParamsError, match="--questions 20: the sweeps of _sweep_check score 8 questions"):
+        sweep.register(base, "t1", [0], ["distilled"], {"temperature": 1.0}, 20)
+    with pytest.raises(params.ParamsError, match="unknown \\['distiled'\\]"):
+        sweep.register(base, "t1", [0], ["distiled"], {}, 0)
+    with pytest.raises(params.ParamsError, match="--reference nope/ce_baseline"):
+        sweep.register(base, "t1", [0], ["distilled"], {"temperature": 1.0}, 0, reference="nope/ce_baseline")
+
+
+def test_sweep_stages_follow_the_registry(base):
+    from distill import pipeline
+
+    assert not [s for s in pipeline.stages(base) if s.name.startswith("sweep")]
+    sweep.register(base, "default", [0, 1], ["distilled", "ce_baseline"], {}, 6)
+    sweep.register(base, "t1", [0], ["distilled"], {"temperature": 1.0}, 0)
+    st = {s.name: s for s in pipeline.stages(base)}
+    names = [n for n in st if n.startswith("sweep")]
+    assert names == ["sweep-score-teacher", "sweep-score-student_before",
+                     "sweep-default-seed0-distilled", "sweep-score-default-seed0-distilled",
+                     "sweep-default-seed0-ce_baseline", "sweep-score-default-seed0-ce_baseline",
+                     "sweep-default-seed1-distilled", "sweep-score-default-seed1-distilled",
+                     "sweep-default-seed1-ce_baseline", "sweep-score-default-seed1-ce_baseline",
+                     "sweep-t1-seed0-distilled", "sweep-score-t1-seed0-distilled", "sweep-summary"]
+    t1 = st["sweep-t1-seed0-distilled"]
+    assert "temperature" not in t1.params and "seed" not in t1.params and "gamma_kl" in t1.params
+    assert list(t1.extra_params.values()) == [["sweeps.t1.set"]]
+    assert "artifacts/_sweep_check/teacher" in t1.deps  # the base run's models: DVC re-trains when they change
+    assert t1.persist == ["artifacts/_sweep_check/sweeps/t1/seed0/students/distilled"]
+    assert "temperature" not in st["sweep-default-seed0-ce_baseline"].params
+    score = st["sweep-score-t1-seed0-distilled"]
+    assert score.args == ["sweep-score", "t1", "0", "distilled", "6"] and t1.persist[0] in score.deps
+    assert len([d for d in st["sweep-summary"].deps if d.endswith("q.json")]) == 2 + 4 + 1
+
+
+def test_report_note_says_when_there_is_no_sweep_and_whether_it_came_from_this_runs_models(base, monkeypatch):
+    assert "No seed sweep for this run yet" in sweep.report_note(base)
+    folder = sweep.sweeps_dir(base)
+    folder.mkdir(parents=True)
+    (folder / "summary.txt").write_text("the summary table\n")
+    (folder / "summary.json").write_text(json.dumps({"base_models": "aaaa1111"}))
+    monkeypatch.setattr(sweep, "base_models", lambda b: "aaaa1111")
+    note = sweep.report_note(base)
+    assert "trained from this run's teacher and pruned student (base models aaaa1111)" in note
+    assert "the summary table" in note
+    monkeypatch.setattr(sweep, "base_models", lambda b: "bbbb2222")
+    note = sweep.report_note(base)
+    assert note.split(": ", 1)[1].startswith("NOT FROM THIS RUN'S MODELS") and "(aaaa1111)" in note
+
+
+def test_base_models_come_from_dvc_lock(base):
+    from distill import pipeline
+
+    lock = pipeline.pipeline_dir(base) / "dvc.lock"
+    lock.parent.mkdir(parents=True)
+    lock.write_text(yaml.safe_dump({"schema": "2.0", "stages": {"teacher": {"outs": [
+        {"path": "artifacts/x/teacher", "md5": "0123456789abcdef.dir"},
+        {"path": "reports/x/00_teacher.html", "md5": "ffff"},
+        {"path": "artifacts/x/student_init", "md5": "fedcba9876543210.dir"}]}}}))
+    assert sweep.base_models(base) == "01234567-fedcba98"
 
 
 def test_cli_rejects_a_bad_variant_before_any_work():
     res = run_cli("sweep", "params/smoke.yaml", "--name", "x", "--variants", "distiled")
     assert res.returncode == 2 and "unknown ['distiled']" in res.stderr
-
-
-def test_report_note_says_when_there_is_no_sweep_and_shows_one_when_there_is():
-    base = params.load("params/smoke.yaml").replace(run_name="_note_check")
-    assert "No seed sweep for this run yet" in sweep.report_note(base)
-    sweep.save_records(base, "default", RECORDS)
-    sweep.write_summary(base)
-    note = sweep.report_note(base)
-    assert "default/distilled" in note and "Paired by seed" in note
-    assert (sweep.sweeps_dir(base) / "paired_differences.png").stat().st_size > 0
-    assert "NOTE: its students were trained from other base models (unrecorded)" in note
-
-
-def test_report_note_tells_whether_the_sweep_came_from_this_runs_models(tmp_path):
-    base = make_base_models(tmp_path)
-    shutil.rmtree(sweep.sweeps_dir(base), ignore_errors=True)
-    fingerprint = sweep.base_fingerprint(base)
-    sweep.save_records(base, "default", [{**r, "base_models": fingerprint} for r in RECORDS])
-    sweep.write_summary(base)
-    assert f"trained from this run's teacher and pruned student (base models {fingerprint})" in sweep.report_note(base)
-    remade = make_base_models(tmp_path, b"a teacher re-made elsewhere")
-    note = sweep.report_note(remade)
-    assert f"other base models ({fingerprint}) than this run has now ({sweep.base_fingerprint(remade)})" in note
-
-
-def test_a_sweep_scores_the_questions_the_recorded_sweeps_scored():
-    base = params.load("params/smoke.yaml").replace(run_name="_questions_check")
-    shutil.rmtree(sweep.sweeps_dir(base), ignore_errors=True)
-    assert sweep.sweep_questions(base, 0) == base.bench_size  # nothing recorded yet
-    assert sweep.sweep_questions(base, 7) == 7
-    sweep.save_records(base, "default", RECORDS)  # 10 questions each (no "questions" field: older records)
-    assert sweep.sweep_questions(base, 0) == 10 and sweep.sweep_questions(base, 10) == 10
-    with pytest.raises(params.ParamsError, match="--questions 20: the sweeps in .* scored 10 questions"):
-        sweep.sweep_questions(base, 20)
-    sweep.save_records(base, "other", [{**RECORDS[0], "sweep": "other", "questions": 20}])
-    with pytest.raises(params.ParamsError, match=r"different numbers of questions \[10, 20\]"):
-        sweep.sweep_questions(base, 0)
-
-
-def test_a_seed_run_from_an_older_teacher_is_refused(tmp_path):
-    base = params.load("params/smoke.yaml").replace(output_dir=str(tmp_path / "base"), teacher_finetune=True)
-    teacher = base.run_dir / "teacher"
-    teacher.mkdir(parents=True)
-    (teacher / "config.json").write_text("{}")
-    (teacher / "model.safetensors").write_bytes(b"old")
-    p = sweep.seed_params(base, "x", 1, {})
-    sweep.share_base_models(base, p)
-    assert (p.run_dir / "teacher" / "model.safetensors").read_bytes() == b"old"
-    sweep.share_base_models(base, p)  # unchanged base: fine
-    (teacher / "model.safetensors").unlink()
-    (teacher / "model.safetensors").write_bytes(b"new weights")  # the base run made a new teacher
-    with pytest.raises(sweep.StaleSeedRun, match="model.safetensors"):
-        sweep.share_base_models(base, p)
-
-
-def test_extending_a_sweep_keeps_its_earlier_seeds():
-    base = params.load("params/smoke.yaml").replace(run_name="_extend_check")
-    shutil.rmtree(sweep.sweeps_dir(base), ignore_errors=True)
-    sweep.save_records(base, "default", RECORDS[:4])  # seeds 0 and 1
-    rescored = {**RECORDS[2], "answer_loss": 1.4}  # seed 0 distilled scored again
-    sweep.save_records(base, "default", [rescored, RECORDS[4]])  # ... and seed 2 added
-    saved = json.loads((sweep.sweeps_dir(base) / "default.json").read_text())
-    assert [(r["seed"], r["variant"]) for r in saved] == [(0, "ce_baseline"), (0, "distilled"), (1, "ce_baseline"),
-                                                          (1, "distilled"), (2, "distilled")]
-    assert saved[1]["answer_loss"] == 1.4
-
-
-def make_base_models(tmp_path, teacher_bytes=b"teacher"):
-    base = params.load("params/smoke.yaml").replace(output_dir=str(tmp_path / "base"), teacher_finetune=True,
-                                                    run_name="_fingerprint_check")
-    for name, content in (("teacher", teacher_bytes), ("student_init", b"student")):
-        (base.run_dir / name).mkdir(parents=True, exist_ok=True)
-        (base.run_dir / name / "config.json").write_text("{}")
-        (base.run_dir / name / "model.safetensors").write_bytes(content)
-    return base
-
-
-def test_records_from_other_base_models_are_refused_before_training(tmp_path):
-    base = make_base_models(tmp_path)
-    shutil.rmtree(sweep.sweeps_dir(base), ignore_errors=True)
-    fingerprint = sweep.base_fingerprint(base)
-    assert fingerprint == sweep.base_fingerprint(base)  # content, not time
-    sweep.check_recorded_base(base, fingerprint)  # nothing recorded: fine
-    sweep.save_records(base, "default", [{**r, "base_models": fingerprint} for r in RECORDS[:4]])
-    sweep.check_recorded_base(base, fingerprint)  # same models: fine
-    remade = make_base_models(tmp_path, b"a retrained teacher")
-    assert sweep.base_fingerprint(remade) != fingerprint
-    with pytest.raises(sweep.StaleSeedRun, match="its recorded students were trained from other base models"):
-        sweep.run_sweep(remade, "more", [3], ["distilled"], {}, 4)
-    sweep.save_records(base, "old", [RECORDS[0]])  # a record that never said which models it came from
-    with pytest.raises(sweep.StaleSeedRun, match=r"\(unrecorded\)"):
-        sweep.check_recorded_base(base, fingerprint)
-
-
-def test_a_sweep_name_keeps_one_setting(tmp_path):
-    base = make_base_models(tmp_path)
-    shutil.rmtree(sweep.sweeps_dir(base), ignore_errors=True)
-    sweep.save_records(base, "t1", [{**RECORDS[2], "sweep": "t1", "overrides": '{"temperature": 1.0}'}])
-    with pytest.raises(params.ParamsError, match="--name t1: .* other settings"):
-        sweep.run_sweep(base, "t1", [1], ["distilled"], {"temperature": 4.0}, 4)

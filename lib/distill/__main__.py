@@ -12,10 +12,18 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="validate a params file, then run the notebooks and render reports/<run>/")
     run.add_argument("params", help="params/<profile>.yaml (or just the profile name)")
-    run.add_argument("--only", default="", help="comma-separated steps to run (default: all)")
+    run.add_argument("--only", default="", help="comma-separated pipeline stages to bring up to date, with what they "
+                     "need upstream (default: the whole study); see pipelines/<run>/dvc.yaml")
+    run.add_argument("--force", action="store_true", help="re-run the stages even when DVC finds them up to date")
     val = sub.add_parser("validate", help="only validate a params file")
     val.add_argument("params")
-    for p in (run, val):
+    pipe = sub.add_parser("pipeline", help="write pipelines/<run>/dvc.yaml and params.yaml without running them")
+    pipe.add_argument("params")
+    status = sub.add_parser("status", help="what is out of date in a run's pipeline, and why (dvc status)")
+    status.add_argument("params")
+    dag = sub.add_parser("dag", help="the stages of a run's pipeline and what feeds what (dvc dag)")
+    dag.add_argument("params")
+    for p in (run, val, pipe, status, dag):
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override one params key (YAML value), e.g. --set seed=1 --set run_name=x_seed1")
     sweep = sub.add_parser("sweep", help="train and score the students over several seeds from the base run's "
@@ -31,6 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="a params key changed for this sweep's students, e.g. --set distill_positions=answer")
     sub.add_parser("params", help="list every params key with its type, default and meaning")
+    stage = sub.add_parser("stage", help="(what DVC runs) one pipeline stage of a run's resolved params file")
+    stage.add_argument("params_file", help="pipelines/<run>/params.yaml")
+    stage.add_argument("kind", help="teacher, train, merge, score, speed or report")
+    stage.add_argument("args", nargs="*", help="the variant (train), model (score, speed), or a sweep stage's arguments")
     bench = sub.add_parser("bench-model", help="(internal) benchmark one model in this process")
     bench.add_argument("spec")
     bench.add_argument("out")
@@ -50,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "sweep":
         return _sweep(args)
+    if args.command == "stage":
+        from .stage import main as stage_main
+
+        return stage_main(args.params_file, args.kind, *args.args)
     try:
         p = load(args.params, overrides=args.set)
     except ParamsError as err:
@@ -58,12 +74,26 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "validate":
         print(f"ok: {args.params} is valid (run_name {p.run_name})")
         return 0
+    if args.command in ("pipeline", "status", "dag"):
+        from . import pipeline
+
+        try:
+            dvcfile = pipeline.write_pipeline(p)
+        except ParamsError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        if args.command == "pipeline":
+            print(f"wrote {dvcfile} and its params.yaml")
+            return 0
+        dvc_args = ["status"] if args.command == "status" else ["dag", "--md"]
+        return pipeline.dvc(*dvc_args, str(dvcfile.relative_to(pipeline.paths.PROJECT_ROOT))).returncode
+    from .pipeline import RunLocked
     from .runner import run_study
 
     only = [s for s in args.only.split(",") if s]
     try:
-        return run_study(p, only=only or None)
-    except (ParamsError, ValueError) as err:
+        return run_study(p, only=only or None, force=args.force)
+    except (ParamsError, ValueError, RunLocked) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
@@ -71,27 +101,23 @@ def main(argv: list[str] | None = None) -> int:
 def _sweep(args: argparse.Namespace) -> int:
     from . import sweep
     from .params import ParamsError, load, parse_overrides
+    from .pipeline import RunLocked
+    from .runner import run_sweeps
 
     try:
         base = load(args.params)
         overrides = parse_overrides(args.set)
         if not all(s.strip().isdigit() for s in args.seeds.split(",") if s.strip()):
             raise ParamsError(f"--seeds {args.seeds}: expected comma-separated whole numbers, e.g. 0,1,2")
+        if args.questions < 0:
+            raise ParamsError(f"--questions {args.questions}: expected a count >= 1 (or 0: as recorded, else bench_size)")
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
         variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-        reference = tuple(args.reference.split("/", 1))
-        if len(reference) != 2:
-            raise ParamsError(f"--reference {args.reference}: expected SWEEP/VARIANT, e.g. default/ce_baseline")
-        n_questions = sweep.sweep_questions(base, args.questions)
-        records = sweep.run_sweep(base, args.name, seeds, variants, overrides, n_questions)
-    except (ParamsError, ValueError, FileNotFoundError, sweep.StaleSeedRun) as err:
+        return run_sweeps(base, lambda: sweep.register(base, args.name, seeds, variants, overrides, args.questions,
+                                                       args.reference))
+    except (ParamsError, ValueError, RunLocked) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    sweep.save_records(base, args.name, records)
-    sweep.save_records(base, "reference", sweep.score_references(base, n_questions))
-    summary = sweep.write_summary(base, reference)
-    print(summary.read_text())
-    return 0
 
 
 if __name__ == "__main__":

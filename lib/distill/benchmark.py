@@ -79,6 +79,17 @@ def teacher_forced(model, features: list[dict[str, Any]], pad_id: int, batch_siz
             "answer_tokens": total_n}
 
 
+def time_generation(model, tokenizer, rows: list[dict[str, Any]], *, max_length: int, max_new_tokens: int,
+                    batch_size: int, seed: int, device="cpu", warmup_batches: int = 0) -> dict[str, Any]:
+    """Latency and throughput of greedy answers to `rows`, batched as `evaluate` does it."""
+    gen = encode_examples(rows, tokenizer, max_length, seed, with_answer=False, reserve=max_new_tokens)
+    prompt_ids = [f["input_ids"] for f in prompt_features(gen.features)]
+    _, seconds = generate(model, tokenizer, prompt_ids, max_new_tokens, batch_size, device, warmup_batches)
+    n = len(prompt_ids)
+    return {"n_examples": n, "latency_ms_per_example": 1000 * seconds / max(n, 1),
+            "throughput_examples_per_s": n / seconds if seconds else 0.0, "generation_seconds": seconds}
+
+
 def evaluate(model, tokenizer, rows: list[dict[str, Any]], *, max_length: int, max_new_tokens: int,
              batch_size: int, seed: int, device="cpu", warmup_batches: int = 0) -> dict[str, Any]:
     """EM/F1 from greedy answers, teacher-forced loss and accuracy, latency and throughput."""
@@ -115,9 +126,14 @@ def run_model_benchmark(spec: dict[str, Any]) -> dict[str, Any]:
     model = load_model(spec["source"], dtype=spec.get("dtype", "float32"), load_in_4bit=spec.get("load_in_4bit", False),
                        bnb_compute_dtype=spec.get("bnb_compute_dtype", "float32"), device=device)
     rows = json.loads(Path(spec["rows_file"]).read_text())
-    result = evaluate(model, tokenizer, rows, max_length=spec["max_length"], max_new_tokens=spec["max_new_tokens"],
-                      batch_size=spec["batch_size"], seed=spec["seed"], device=device,
-                      warmup_batches=spec.get("warmup_batches", 1))
+    if spec.get("score", True):
+        result = evaluate(model, tokenizer, rows, max_length=spec["max_length"], max_new_tokens=spec["max_new_tokens"],
+                          batch_size=spec["batch_size"], seed=spec["seed"], device=device,
+                          warmup_batches=spec.get("warmup_batches", 1))
+    else:  # timing only: the pipeline scores quality in its own stage
+        result = time_generation(model, tokenizer, rows, max_length=spec["max_length"],
+                                 max_new_tokens=spec["max_new_tokens"], batch_size=spec["batch_size"],
+                                 seed=spec["seed"], device=device, warmup_batches=spec.get("warmup_batches", 1))
     result["params_m"] = count_params(model) / 1e6
     result["memory_footprint_mb"] = model.get_memory_footprint() / 1e6
     if spec.get("load_in_4bit"):

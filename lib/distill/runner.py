@@ -10,7 +10,6 @@ import platform
 import re
 import subprocess
 import time
-from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -21,25 +20,6 @@ from .params import StudyParams
 PACKAGES = ["torch", "transformers", "peft", "bitsandbytes", "datasets", "accelerate", "papermill", "jupytext",
             "nbconvert", "matplotlib", "pandas", "gguf", "tokenizers", "safetensors"]
 SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACE_TOKEN")
-
-
-@dataclass
-class Step:
-    """One notebook execution: its report name, the notebook, and params that differ for it."""
-    name: str
-    notebook: str
-    overrides: dict[str, Any] = field(default_factory=dict)
-    title: str = ""
-
-
-STEPS = [
-    Step("00_teacher", "00_teacher", {}, "Teacher: zero-shot, SQuAD fine-tune, pruned student"),
-    Step("01_distill", "01_distill", {"variant": "distilled"}, "Distillation of the student"),
-    Step("01_distill_ce_baseline", "01_distill", {"variant": "ce_baseline", "gamma_kl": 0.0, "beta_mse": 0.0},
-         "Baseline: the same student trained on CE only"),
-    Step("02_merge", "02_merge", {}, "Merge the adapters; answers side by side"),
-    Step("03_benchmark", "03_benchmark", {}, "Teacher vs students: size, speed, memory, EM/F1"),
-]
 
 
 class StepFailed(RuntimeError):
@@ -107,25 +87,39 @@ def render_html(executed: Path, out_html: Path) -> None:
     paths.write_text_atomic(out_html, redact(body))
 
 
-def execute_step(step: Step, values: dict[str, Any], executed_dir: Path, report_dir: Path) -> float:
+def quiet_papermill() -> None:
+    logging.getLogger("papermill").setLevel(logging.ERROR)  # it warns for every injected key a notebook does not declare
+
+
+def execute_step(name: str, notebook: str, values: dict[str, Any], executed_dir: Path, report_dir: Path) -> float:
+    """Run notebooks/<notebook>.py with papermill into <executed_dir>/<name>.ipynb and render <report_dir>/<name>.html."""
     import papermill as pm
 
-    nb = load_notebook(notebook_path(step.notebook))
-    executed = executed_dir / f"{step.name}.ipynb"
+    nb = load_notebook(notebook_path(notebook))
+    executed = executed_dir / f"{name}.ipynb"
+    html_out = report_dir / f"{name}.html"
     start = time.perf_counter()
     try:
         pm.execute_notebook(nb, str(executed), parameters=values, kernel_name="python3",
                             cwd=str(paths.NOTEBOOKS_DIR), progress_bar=True,
                             log_output=False, report_mode=False)
     except pm.PapermillExecutionError as err:
-        render_html(executed, report_dir / f"{step.name}.html")
-        raise StepFailed(f"notebook {step.notebook} ({step.name}) failed in cell {err.exec_count} "
-                         f"with {err.ename}: {err.evalue}; see {report_dir / (step.name + '.html')}") from None
+        render_html(executed, html_out)
+        raise StepFailed(f"notebook {notebook} ({name}) failed in cell {err.exec_count} "
+                         f"with {err.ename}: {err.evalue}; see {_shown(html_out)}") from None
     finally:
         if executed.exists():
             _redact_file(executed)
-    render_html(executed, report_dir / f"{step.name}.html")
+    render_html(executed, html_out)
     return time.perf_counter() - start
+
+
+def _shown(path: Path) -> str:
+    """A path as the user should read it: relative to the project when it lies inside."""
+    try:
+        return str(Path(path).resolve().relative_to(paths.PROJECT_ROOT))
+    except ValueError:
+        return str(path)
 
 
 def _redact_file(path: Path) -> None:
@@ -159,40 +153,84 @@ wall time {manifest['wall_s']:.1f} s. Commit <code>{manifest['git']['commit'][:1
     return out
 
 
-def run_study(p: StudyParams, only: list[str] | None = None, log=print) -> int:
-    """Run the notebooks of the study; 0 when all succeed, 1 when one fails (its HTML still rendered)."""
-    logging.getLogger("papermill").setLevel(logging.ERROR)  # it warns for every injected key a notebook does not declare
-    steps = [s for s in STEPS if not only or s.name in only]
-    unknown = set(only or []) - {s.name for s in STEPS}
+def run_study(p: StudyParams, only: list[str] | None = None, log=print, force: bool = False) -> int:
+    """Bring the run's pipeline up to date with `dvc repro`; 0 when every stage is, 1 when one failed.
+
+    `only` names stages (see `pipeline.stages`) to bring up to date, with what they need upstream.
+    """
+    from . import pipeline
+
+    names = [s.name for s in pipeline.stages(p)]
+    unknown = set(only or []) - set(names)
     if unknown:
-        raise ValueError(f"--only: unknown step(s) {sorted(unknown)}; steps: {', '.join(s.name for s in STEPS)}")
-    step_params = [(s, p.replace(**s.overrides)) for s in steps]  # validate every step before running any
-    executed_dir = p.run_dir / "executed"
-    executed_dir.mkdir(parents=True, exist_ok=True)
-    p.report_dir.mkdir(parents=True, exist_ok=True)
+        raise ValueError(f"--only: unknown stage(s) {sorted(unknown)}; stages: {', '.join(names)}")
+    pipeline.ensure_dvc_repo()
     start = dt.datetime.now(dt.timezone.utc)
-    manifest: dict[str, Any] = {
-        "run_name": p.run_name, "status": "running", "start": start.isoformat(timespec="seconds"), "end": None,
-        "wall_s": 0.0, "seed": p.seed, "params": p.to_dict(), "git": git_commit(), "packages": package_versions(),
-        "device": device_info(),
-        "steps": [{"name": s.name, "notebook": s.notebook, "title": s.title, "overrides": s.overrides,
-                   "status": "not run", "wall_s": None} for s in steps]}
-    code = 0
-    for i, (step, sp) in enumerate(step_params):
-        log(f"[{i + 1}/{len(steps)}] {step.name}: {step.title}")
-        try:
-            manifest["steps"][i]["wall_s"] = execute_step(step, sp.to_dict(), executed_dir, p.report_dir)
-            manifest["steps"][i]["status"] = "ok"
-            log(f"    done in {manifest['steps'][i]['wall_s']:.1f} s -> {p.report_dir / (step.name + '.html')}")
-        except StepFailed as err:
-            manifest["steps"][i]["status"] = "failed"
-            manifest["failure"] = str(err)
-            log(f"FAILED: {err}")
-            code = 1
-            break
-    end = dt.datetime.now(dt.timezone.utc)
-    manifest.update(status="failed" if code else "ok", end=end.isoformat(timespec="seconds"),
-                    wall_s=(end - start).total_seconds())
-    index = write_index(p, manifest)
-    log(f"report: {index}")
+    with pipeline.run_lock(p):
+        dvcfile = pipeline.write_pipeline(p)
+        log(f"run {p.run_name}: {_shown(dvcfile)} ({len(names)} stages); dvc repro runs what is out of date")
+        # the report stage is the pipeline's sink: reproducing it brings every stage it needs up to date
+        repro_args = ["repro", *(pipeline.targets(p, only) if only else pipeline.targets(p, ["report"]))]
+        if force:  # with --only: those stages alone, not what they need upstream
+            repro_args += ["--force", "--single-item"] if only else ["--force"]
+        res = pipeline.dvc(*repro_args)
+        code = 0 if res.returncode == 0 else 1
+        index = write_run_index(p, start, code, dvcfile, log)
+        log(f"report: {_shown(index)}")
     return code
+
+
+def write_run_index(p: StudyParams, start: dt.datetime, code: int, dvcfile: Path, log=print) -> Path:
+    """index.html and manifest.json of a run from its stages' records; a failed repro says so, never "ok"."""
+    from . import pipeline
+    from .stage import NOTEBOOK_REPORTS, record_file
+
+    end = dt.datetime.now(dt.timezone.utc)
+    steps = []
+    for s in pipeline.stages(p):
+        if s.name not in NOTEBOOK_REPORTS:
+            continue
+        rec = record_file(p, NOTEBOOK_REPORTS[s.name])
+        info = json.loads(rec.read_text()) if rec.exists() else {}
+        steps.append({"name": NOTEBOOK_REPORTS[s.name], "stage": s.name, "notebook": s.notebook, "title": s.title,
+                      "status": info.get("status", "not run"), "wall_s": info.get("wall_s"),
+                      "ran_at": info.get("start"), "failure": info.get("failure")})
+    manifest: dict[str, Any] = {
+        "run_name": p.run_name, "status": "ok" if code == 0 else "failed",
+        "start": start.isoformat(timespec="seconds"), "end": end.isoformat(timespec="seconds"),
+        "wall_s": (end - start).total_seconds(), "seed": p.seed, "params": p.to_dict(),
+        "pipeline": _shown(dvcfile), "git": git_commit(), "packages": package_versions(),
+        "device": device_info(), "steps": steps}
+    if code:
+        failed = [s for s in steps if s["status"] == "failed" and s.get("failure")]
+        manifest["failure"] = failed[0]["failure"] if failed else "dvc repro failed; its error is printed above"
+        log(f"FAILED: {manifest['failure']}")
+    lock = dvcfile.with_name("dvc.lock")
+    if lock.exists():  # what DVC recorded of every stage's inputs and outputs, beside the reports
+        paths.write_text_atomic(p.report_dir / "dvc.lock.yaml", lock.read_text(encoding="utf-8"))
+    return write_index(p, manifest)
+
+
+def run_sweeps(base: StudyParams, register, log=print) -> int:
+    """Register a seed sweep (under the run's lock), then bring the run's sweep stages up to date with DVC."""
+    from . import pipeline, sweep
+
+    pipeline.ensure_dvc_repo()
+    with pipeline.run_lock(base):
+        register()
+        dvcfile = pipeline.write_pipeline(base)
+        log(f"run {base.run_name}: sweeps registered in {_shown(sweep.registry_file(base))}; dvc repro trains and "
+            "scores what is missing")
+        summary = sweep.sweeps_dir(base) / "summary.json"
+        before = summary.read_text() if summary.exists() else None
+        res = pipeline.dvc("repro", *pipeline.targets(base, ["sweep-summary"]))
+        if res.returncode != 0:
+            log(f"FAILED: dvc repro exited {res.returncode}; see the stage's output above and {_shown(dvcfile)}")
+            return 1
+        changed = (summary.read_text() if summary.exists() else None) != before
+        if changed and (base.report_dir / "03_benchmark.html").exists():  # the benchmark report shows the new one
+            start = dt.datetime.now(dt.timezone.utc)
+            res = pipeline.dvc("repro", "--force", "--single-item", *pipeline.targets(base, ["report"]))
+            write_run_index(base, start, 0 if res.returncode == 0 else 1, dvcfile, log)
+    log((sweep.sweeps_dir(base) / "summary.txt").read_text())
+    return 0

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from . import data, models, paths
+from . import data, models, paths, pruning, sources
 from .params import StudyParams
 
 VARIANTS = ("distilled", "ce_baseline")
@@ -37,15 +37,26 @@ def load_data(p: StudyParams) -> StudyData:
     return StudyData(eval_rows, train_rows, teacher_rows, recovery_rows, bench_rows)
 
 
+def bench_rows(p: StudyParams, n: int) -> list[dict[str, Any]]:
+    """The run's scored validation questions (a prefix of one seeded shuffle for any n)."""
+    dev = data.load_squad("validation", p.squad_dir, p.data_pool_rows)
+    return data.disjoint_subsets(dev, [n], p.seed)[0]
+
+
 # --------------------------------------------------------------------------------------------
 # Where each stage writes
 # --------------------------------------------------------------------------------------------
+def base_run_dir(p: StudyParams) -> Path:
+    """Where the run's tuned teacher and pruned student live: its own folder, or the base run's for a sweep."""
+    return paths.resolve(p.base_run_dir) if p.base_run_dir else p.run_dir
+
+
 def tuned_teacher_dir(p: StudyParams) -> Path:
-    return p.run_dir / "teacher"
+    return base_run_dir(p) / "teacher"
 
 
 def student_init_dir(p: StudyParams) -> Path:
-    return p.run_dir / "student_init"
+    return base_run_dir(p) / "student_init"
 
 
 def variant_dir(p: StudyParams, variant: str) -> Path:
@@ -67,7 +78,7 @@ def teacher_source(p: StudyParams) -> str:
             raise FileNotFoundError(f"{tuned}: no tuned teacher; run notebooks/00_teacher.py first "
                                     "(the runner does: python -m distill run <params>)")
         return str(tuned)
-    return models.resolve_source(p.teacher, p.squad_dir)
+    return sources.resolve_source(p.teacher, p.squad_dir)
 
 
 def load_teacher(p: StudyParams, device: torch.device, quantize: bool | None = None):
@@ -86,12 +97,40 @@ def student_source(p: StudyParams) -> str:
         if not (init / "config.json").exists():
             raise FileNotFoundError(f"{init}: no pruned student; run notebooks/00_teacher.py first")
         return str(init)
-    return models.resolve_source(p.student, p.squad_dir)
+    return sources.resolve_source(p.student, p.squad_dir)
+
+
+def training_inputs(p: StudyParams) -> tuple[str, ...]:
+    """The model folders a student's training starts from (its checkpoints are only resumed while these stay)."""
+    return (student_source(p), *([teacher_source(p)] if p.uses_teacher else []))
 
 
 def load_student(p: StudyParams, device: torch.device):
     source = student_source(p)
     return models.load_model(source, dtype=p.model_dtype, device=device), models.load_tokenizer(source)
+
+
+def scored_source(p: StudyParams, model: str) -> tuple[str, bool]:
+    """(source, 4-bit) of a scored model: the teacher and the untrained student as the study loads them, a trained
+    student from its merged, deployable folder."""
+    if model == "teacher":
+        return teacher_source(p), p.teacher_load_in_4bit
+    if model == "student_before":
+        return student_source(p), False
+    if model not in VARIANTS:
+        raise ValueError(f"{model}: not a scored model (teacher, student_before, {', '.join(VARIANTS)})")
+    folder = merged_dir(p, model)
+    if not (folder / "config.json").exists():
+        raise FileNotFoundError(f"{folder}: no merged {model} student; run the merge stage first")
+    return str(folder), False
+
+
+def load_scored_model(p: StudyParams, model: str, device: torch.device):
+    """(model, tokenizer) of a scored model, as `scored_source` names it."""
+    source, four_bit = scored_source(p, model)
+    loaded = models.load_model(source, dtype=p.model_dtype, load_in_4bit=four_bit,
+                               bnb_compute_dtype=p.bnb_compute_dtype, device=device)
+    return models.freeze(loaded), models.load_tokenizer(source)
 
 
 def calibration_batches(rows, tokenizer, p: StudyParams, n_batches: int = 4) -> list[dict[str, torch.Tensor]]:
@@ -104,7 +143,7 @@ def calibration_batches(rows, tokenizer, p: StudyParams, n_batches: int = 4) -> 
 def pruned_layers(p: StudyParams, n_layers: int, importance: list[float] | None) -> list[int]:
     if p.prune_layers:
         return sorted(p.prune_layers)
-    return models.choose_layers(n_layers, p.prune_keep, p.prune_method, importance)
+    return pruning.choose_layers(n_layers, p.prune_keep, p.prune_method, importance)
 
 
 def save_student_init(p: StudyParams, student, tokenizer, info: dict[str, Any]) -> Path:
@@ -121,7 +160,7 @@ def finetune_teacher(p: StudyParams, rows, device: torch.device) -> dict[str, An
     """Tune the teacher on SQuAD answers (CE only; LoRA merged after, or full) and save it for the study."""
     from .training import loss_config, train
 
-    source = models.resolve_source(p.teacher, p.squad_dir)
+    source = sources.resolve_source(p.teacher, p.squad_dir)
     tokenizer = models.load_tokenizer(source)
     model = models.load_model(source, dtype=p.model_dtype, device=device)
     if p.teacher_finetune_use_lora:
@@ -136,55 +175,3 @@ def finetune_teacher(p: StudyParams, rows, device: torch.device) -> dict[str, An
         tuned = tuned.merge_and_unload()
     models.atomic_save_pretrained(tuned, tokenizer, tuned_teacher_dir(p))
     return {"log_history": result.log_history, "examples": len(features), "steps": p.teacher_finetune_steps}
-
-
-def merge_variant(p: StudyParams, variant: str, device: torch.device, probe_rows) -> dict[str, Any]:
-    """Merge a trained adapter into its base student and save a standalone model atomically.
-
-    The merge is verified: merged and adapter models must give the same logits on a batch.
-    """
-    from peft import PeftModel
-
-    best = variant_dir(p, variant) / "best"
-    if not best.is_dir():
-        raise FileNotFoundError(f"{best}: no trained student for variant {variant}; run notebooks/01_distill.py "
-                                f"with variant: {variant} first")
-    tokenizer = models.load_tokenizer(str(best))
-    batch = data.pad_batch(data.encode_examples(probe_rows, tokenizer, p.max_length, p.seed).features,
-                           tokenizer.pad_token_id)
-    batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}
-    real = batch["attention_mask"].bool()
-
-    def logits(model) -> torch.Tensor:
-        with torch.no_grad():
-            return model(**batch, use_cache=False).logits
-
-    if (best / "adapter_config.json").exists():
-        base, _ = load_student(p, device)
-        adapted = PeftModel.from_pretrained(base, str(best)).eval()
-        before = logits(adapted)
-        merged = adapted.merge_and_unload().eval()
-        max_diff = float((before - logits(merged))[real].abs().max())
-    else:  # a full student needs no merge
-        merged, max_diff = models.load_model(str(best), dtype=p.model_dtype, device=device), 0.0
-        before = logits(merged)
-    tolerance = 1e-3 if p.model_dtype == "float32" else 5e-2
-    if max_diff > tolerance:
-        raise RuntimeError(f"merge changed the logits of {variant} by {max_diff:.2e} (> {tolerance:.0e})")
-    out = merged_dir(p, variant)
-    reload_diff: list[float] = []
-
-    def finish(tmp: Path) -> None:
-        if getattr(merged, "generation_config", None) is not None:
-            merged.generation_config.save_pretrained(tmp)
-        # the saved folder is what gets deployed: it must give the adapter's logits when loaded alone
-        # (a lost tie of embeddings or a dropped tensor shows here), before it replaces an old deployment
-        reloaded = models.load_model(str(tmp), dtype=p.model_dtype, device=device).eval()
-        reload_diff.append(float((before - logits(reloaded))[real].abs().max()))
-        if reload_diff[0] > tolerance:
-            raise RuntimeError(f"{variant}: the saved model, loaded alone, differs from the adapter model by "
-                               f"{reload_diff[0]:.2e} (> {tolerance:.0e}); {out} was left as it was")
-    models.atomic_save_pretrained(merged, tokenizer, out, extra=finish)
-    return {"variant": variant, "deploy_dir": str(out), "max_abs_logit_diff": max_diff,
-            "reloaded_max_abs_logit_diff": reload_diff[0], "tolerance": tolerance,
-            "size_mb": models.folder_size_mb(out)}

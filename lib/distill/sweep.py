@@ -1,13 +1,16 @@
 """Seed sweeps: one training setting repeated over seeds, every student scored on the same questions.
 
 A difference between two students of one run is noise until it exceeds the seed-to-seed spread. A
-sweep trains the study's students (01_distill and, unless told otherwise, the CE-only baseline) once
-per seed, all from the base run's tuned teacher and pruned student, so that only the seed moves: it
-draws the training examples, their windows, the LoRA init and the batch order. Every student is then
-scored on one fixed set of validation questions (the base run's, so seeds do not also change the
-exam): teacher-forced answer loss and top-1 accuracy, and EM/F1 of greedy answers. The summary gives
-mean and standard deviation over seeds, and each setting's difference to a reference paired by seed
-(same seed, same training examples).
+sweep trains the study's students once per seed, all from the run's own tuned teacher and pruned
+student, so that only the seed moves: it draws the training examples, their windows, the LoRA init and
+the batch order. Every student is then scored on one fixed set of validation questions (the run's, so
+seeds do not also change the exam). The summary gives mean and standard deviation over seeds, and each
+setting's difference to a reference paired by seed (same seed, same training examples).
+
+Sweeps are stages of the run's DVC pipeline (`pipelines/<run>/dvc.yaml`), registered in
+`pipelines/<run>/sweeps.yaml`: DVC trains and scores what is missing or out of date and nothing else,
+and re-trains every seed when the teacher or the pruned student they depend on changes, so a summary
+never pairs students of two different base models.
 
     python -m distill sweep params/<profile>.yaml --name default --seeds 0,1,2
     python -m distill sweep params/<profile>.yaml --name answer_positions --seeds 0,1,2 \
@@ -15,263 +18,198 @@ mean and standard deviation over seeds, and each setting's difference to a refer
 """
 from __future__ import annotations
 
-import filecmp
-import hashlib
 import json
-import os
-import shutil
+import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import matplotlib.pyplot as plt
 import pandas as pd
+import yaml
 
-from . import benchmark, data, models, paths, plots, stats, study
+from . import paths, plots, stats
 from .params import ParamsError, StudyParams
 
-VARIANT_STEPS = {"distilled": "01_distill", "ce_baseline": "01_distill_ce_baseline"}
+VARIANTS = ("distilled", "ce_baseline")
 SCORES = ("answer_loss", "top1_accuracy", "exact_match", "f1")
 LOWER_IS_BETTER = {"answer_loss"}
-SHARED_MODELS = ("teacher", "student_init")  # folders of the base run that every seed run reuses
 REFERENCES = ("teacher", "student_before")
-SET_BY_SWEEP = {"run_name", "seed", "output_dir", "deploy_dir"}
+SET_BY_SWEEP = {"run_name", "seed", "output_dir", "deploy_dir", "base_run_dir", "variant"}
 MADE_BY_BASE_RUN = {"student", "model_dtype", "squad_dir", "data_pool_rows"}  # and every teacher* and prune_* key
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
 
-class StaleSeedRun(RuntimeError):
-    """A seed run was made from a teacher or pruned student the base run has since replaced."""
+def registry_file(base: StudyParams) -> Path:
+    from .pipeline import pipeline_dir
+
+    return pipeline_dir(base) / "sweeps.yaml"
 
 
-def seed_run_name(base: StudyParams, name: str, seed: int) -> str:
-    # the leading underscore keeps per-seed reports out of git (see .gitignore); the summary is committed
-    return f"_{base.run_name}_{name}_seed{seed}"
+def load_registry(base: StudyParams) -> dict[str, Any]:
+    f = registry_file(base)
+    return yaml.safe_load(f.read_text(encoding="utf-8")) if f.exists() else {"questions": 0, "sweeps": {}}
 
 
-def seed_params(base: StudyParams, name: str, seed: int, overrides: dict[str, Any]) -> StudyParams:
-    if not name.replace("-", "").replace("_", "").isalnum():
-        raise ParamsError(f"--name {name!r}: use letters, digits, - and _ only (it names folders)")
+def check_setting(name: str, overrides: dict[str, Any]) -> None:
+    if not NAME.match(name):
+        raise ParamsError(f"--name {name!r}: use letters, digits, - and _ only (it names folders and stages)")
     for key in overrides:
         if key in SET_BY_SWEEP:
             raise ParamsError(f"--set {key}: the sweep sets it (seeds come from --seeds, folders from --name)")
         if key in MADE_BY_BASE_RUN or key.startswith(("teacher", "prune_")):
             raise ParamsError(f"--set {key}: a sweep reuses the base run's teacher and pruned student; for another "
                               f"{key}, run a profile with it (python -m distill run ... --set {key}=...) and sweep that")
-    run_name = seed_run_name(base, name, seed)
-    # beside the base run: under artifacts/ by default, or in the base run's own output_dir when it has one
-    output_dir = str(base.run_dir.parent / run_name) if base.output_dir else ""
-    return base.replace(**overrides, seed=seed, run_name=run_name, output_dir=output_dir, deploy_dir="")
 
 
-def share_base_models(base: StudyParams, p: StudyParams) -> None:
-    """Give a seed run the base run's tuned teacher and pruned student (hard links: no extra disk)."""
-    for name in SHARED_MODELS:
-        src, dst = base.run_dir / name, p.run_dir / name
-        if not (src / "config.json").exists():
-            if name == "teacher" and not base.teacher_finetune or name == "student_init" and base.student != "prune":
-                continue
-            raise FileNotFoundError(f"{src}: the base run has no {name}; make it first with "
-                                    f"`python -m distill run <params> --only 00_teacher`")
-        if dst.exists():
-            stale = [f.name for f in src.iterdir() if f.is_file() and not (
-                (dst / f.name).exists() and filecmp.cmp(f, dst / f.name, shallow=True))]
-            if stale:
-                raise StaleSeedRun(f"{p.run_dir}: trained from an older {name} of {base.run_name} ({', '.join(stale)} "
-                                   f"changed since); delete {p.run_dir} to retrain it, or use another --name")
-            continue
-        tmp = dst.with_name(f".{dst.name}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(src, tmp, copy_function=_link_or_copy)
-        tmp.rename(dst)
+def seed_run_dir(base: StudyParams, name: str, seed: int) -> Path:
+    return base.run_dir / "sweeps" / name / f"seed{seed}"
 
 
-def base_fingerprint(base: StudyParams) -> str:
-    """Names the base run's tuned teacher and pruned student by content (or by spec, when the run made none):
-    records trained from other models carry another fingerprint and are never mixed with these."""
-    digest = hashlib.sha256()
-    for name, spec in zip(SHARED_MODELS, (base.teacher, base.student)):
-        folder = base.run_dir / name
-        files = sorted(f for f in folder.iterdir() if f.is_file()) if (folder / "config.json").exists() else []
-        digest.update(f"{name}:{spec}".encode() if not files else name.encode())
-        for f in files:
-            with f.open("rb") as fh:
-                digest.update(f.name.encode() + hashlib.file_digest(fh, "sha256").digest())
-    return digest.hexdigest()[:16]
+def seed_params(base: StudyParams, name: str, seed: int, overrides: dict[str, Any]) -> StudyParams:
+    """The params one seed of a setting trains with: the base run's, the setting, the seed; the base run's models."""
+    from .pipeline import project_relative
+
+    check_setting(name, overrides)
+    # the leading underscore keeps per-seed reports out of git (see .gitignore); the summary is committed
+    return base.replace(**overrides, seed=seed, run_name=f"_{base.run_name}_{name}_seed{seed}",
+                        output_dir=project_relative(seed_run_dir(base, name, seed), "output_dir"), deploy_dir="",
+                        base_run_dir=project_relative(base.run_dir, "output_dir"))
 
 
-def recorded_bases(base: StudyParams) -> set[str]:
-    """The fingerprints of the base models the run's recorded sweeps were trained from."""
-    return {r.get("base_models", "unrecorded") for r in load_records(sweeps_dir(base))}
+def register(base: StudyParams, name: str, seeds: list[int], variants: list[str], overrides: dict[str, Any],
+             questions: int, reference: str = "default/ce_baseline") -> dict[str, Any]:
+    """Add a setting's seeds to pipelines/<run>/sweeps.yaml; extending keeps the seeds it has, a name keeps its
+    setting, and every sweep of a run scores the same number of questions (differences are paired on one exam)."""
+    unknown = set(variants) - set(VARIANTS)
+    if unknown:
+        raise ParamsError(f"--variants: unknown {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
+    if not seeds:
+        raise ParamsError("--seeds: give at least one seed, e.g. --seeds 0,1,2")
+    for s in seeds:
+        seed_params(base, name, s, overrides)  # validates the setting's keys and values for every seed
+    reg = load_registry(base)
+    recorded_q = int(reg.get("questions") or 0)
+    if questions and recorded_q and questions != recorded_q:
+        raise ParamsError(f"--questions {questions}: the sweeps of {base.run_name} score {recorded_q} questions, and "
+                          f"differences are only paired on the same questions; drop --questions, or remove "
+                          f"{registry_file(base)} to start the sweeps over")
+    reg["questions"] = questions or recorded_q or base.bench_size
+    reg["reference"] = reference
+    old = reg["sweeps"].get(name)
+    if old is not None and old["set"] != overrides:
+        raise ParamsError(f"--name {name}: it holds seeds trained with {json.dumps(old['set'])}; give the setting "
+                          f"{json.dumps(overrides)} its own --name")
+    entry = old or {"set": overrides, "seeds": [], "variants": []}
+    entry["seeds"] = sorted(set(entry["seeds"]) | set(seeds))
+    entry["variants"] = [v for v in VARIANTS if v in set(entry["variants"]) | set(variants)]
+    reg["sweeps"][name] = entry
+    ref_sweep, _, ref_variant = reference.partition("/")
+    if ref_variant not in VARIANTS or ref_sweep not in reg["sweeps"]:
+        raise ParamsError(f"--reference {reference}: expected SWEEP/VARIANT of a registered sweep (registered: "
+                          f"{', '.join(reg['sweeps'])}), e.g. {name}/ce_baseline")
+    paths.write_text_atomic(registry_file(base), "# Seed sweeps of this run (python -m distill sweep); DVC stages "
+                            "sweep-* in dvc.yaml come from here.\n" + yaml.safe_dump(reg, sort_keys=False))
+    return reg
 
 
-def check_recorded_base(base: StudyParams, fingerprint: str) -> None:
-    """Stop before any training when the run's recorded sweeps came from other base models than the run has now."""
-    other = recorded_bases(base) - {fingerprint}
-    if other:
-        raise StaleSeedRun(f"{sweeps_dir(base)}: its recorded students were trained from other base models "
-                           f"({', '.join(sorted(other))}) than {base.run_name} has now ({fingerprint}); pairing them "
-                           f"with new seeds would mix two experiments. Move that folder away to start the sweeps over.")
+def score_file(base: StudyParams, name: str, seed: int | None, model: str, questions: int) -> Path:
+    folder = base.run_dir / "sweeps" / "reference" if seed is None else seed_run_dir(base, name, seed)
+    return folder / "scores" / f"{model}_{questions}q.json"
 
 
-def _link_or_copy(src: str, dst: str) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
+def stages(base: StudyParams) -> list:
+    """The sweep stages of a run's pipeline: train each (setting, seed, variant), score it, the references, summary."""
+    from .pipeline import SCORING, Stage, model_dir, project_relative, train_stage
+
+    reg = load_registry(base)
+    if not reg["sweeps"]:
+        return []
+    q = int(reg["questions"])
+    rel = lambda path: project_relative(path, "output_dir")  # noqa: E731
+    lib = "lib/distill"
+    scoring_deps = [f"{lib}/{m}.py" for m in ("params", "data", "models", "sources", "tiny", "study", "paths",
+                                              "stage", "benchmark", "metrics", "merge", "sweep")]
+    regfile = project_relative(registry_file(base), "sweeps")
+    out, score_files = [], []
+    for model in REFERENCES:
+        src = model_dir(base, model)
+        f = score_file(base, "reference", None, model, q)
+        score_files.append(rel(f))
+        keys = [k for k in SCORING if k != "bench_size"] + (["teacher", "teacher_load_in_4bit"] if model == "teacher"
+                                                            else ["student"])
+        out.append(Stage(f"sweep-score-{model}", ["sweep-score", "reference", "-", model, str(q)], keys,
+                         deps=[*scoring_deps, *([rel(src)] if src else [])], outs=[rel(f)],
+                         title=f"{model} on the sweeps' {q} questions"))
+    for name, entry in reg["sweeps"].items():
+        for seed in entry["seeds"]:
+            for variant in entry["variants"]:
+                sp = seed_params(base, name, seed, entry["set"])
+                train = train_stage(sp, variant, f"sweep-{name}-seed{seed}-{variant}",
+                                    ["sweep-train", name, str(seed), variant])
+                train.params = [k for k in train.params if k not in entry["set"] and k != "seed"]
+                train.extra_params = {regfile: [f"sweeps.{name}.set"]}
+                out.append(train)
+                f = score_file(base, name, seed, variant, q)
+                score_files.append(rel(f))
+                keys = [k for k in SCORING if k not in ("bench_size", "seed") and k not in entry["set"]]
+                out.append(Stage(f"sweep-score-{name}-seed{seed}-{variant}",
+                                 ["sweep-score", name, str(seed), variant, str(q)], keys,
+                                 deps=[*scoring_deps, *train.persist, *train.deps_models],
+                                 outs=[rel(f)], title=f"{name} seed {seed} {variant} on {q} questions"))
+                out[-1].extra_params = {regfile: [f"sweeps.{name}.set"]}
+    folder = project_relative(sweeps_dir(base), "reports")
+    summary_outs = [f"{folder}/summary.txt", f"{folder}/summary.csv", f"{folder}/summary.json",
+                    f"{folder}/seed_scores.png", f"{folder}/paired_differences.png"]
+    out.append(Stage("sweep-summary", ["sweep-summary"], ["run_name"],
+                     deps=[f"{lib}/sweep.py", f"{lib}/stats.py", f"{lib}/plots.py", *score_files],
+                     reports=summary_outs, title="Seed sweeps: mean, spread and paired differences"))
+    out[-1].extra_params = {regfile: ["sweeps", "reference"]}
+    return out
 
 
-def trained(p: StudyParams, variant: str) -> bool:
-    return (study.variant_dir(p, variant) / "best").is_dir()
-
-
-def train_seed(base: StudyParams, p: StudyParams, variants: list[str], log: Callable[[str], None] = print) -> None:
-    """Run the training notebooks this seed still lacks (a finished variant is not trained again)."""
-    from .runner import run_study
-
-    share_base_models(base, p)
-    missing = [VARIANT_STEPS[v] for v in variants if not trained(p, v)]
-    if not missing:
-        log(f"{p.run_name}: {', '.join(variants)} already trained")
-        return
-    if run_study(p, only=missing, log=log) != 0:
-        raise RuntimeError(f"{p.run_name}: training failed; see {p.report_dir}/index.html")
-
-
-def questions(base: StudyParams, n: int) -> list[dict[str, Any]]:
-    """The base run's validation questions (a prefix of the same shuffle for any n)."""
-    dev = data.load_squad("validation", base.squad_dir, base.data_pool_rows)
-    return data.disjoint_subsets(dev, [n], base.seed)[0]
-
-
-def scored_source(p: StudyParams, who: str) -> str:
-    """Where a scored model comes from: a trained variant's best checkpoint, or a reference model."""
-    if who == "teacher":
-        return study.teacher_source(p)
-    if who == "student_before":
-        return study.student_source(p)
-    return str(study.variant_dir(p, who) / "best")
-
-
-def load_scored_model(p: StudyParams, who: str, device):
-    """(model, tokenizer): a trained variant (adapter merged into its base), or a reference model as the study
-    loads it (the teacher 4-bit where the profile says so)."""
-    from peft import PeftModel
+def load_student_or_reference(p: StudyParams, who: str, device):
+    """(model, tokenizer): a seed run's trained variant (merged in memory by `merge.merged_student`, logits
+    checked), or a reference model as the study loads it (the teacher 4-bit where the profile says so)."""
+    from . import merge, models, study
 
     if who == "teacher":
         return study.load_teacher(p, device)
     if who == "student_before":
         return study.load_student(p, device)
-    best = Path(scored_source(p, who))
-    if not (best / "adapter_config.json").exists():
-        return models.load_model(str(best), dtype=p.model_dtype, device=device), models.load_tokenizer(str(best))
-    base_model, _ = study.load_student(p, device)
-    merged = PeftModel.from_pretrained(base_model, str(best)).merge_and_unload().eval()
-    return merged, models.load_tokenizer(str(best))
+    probe = study.load_data(p).eval_rows[:4]
+    merged, tokenizer, _ = merge.merged_student(p, who, device, probe)
+    return models.freeze(merged), tokenizer
 
 
-def score(p: StudyParams, who: str, rows: list[dict[str, Any]], base_seed: int, device) -> dict[str, Any]:
-    """Quality scores of one model on `rows`, cached beside the run; a model saved after its cache is scored again."""
-    cache = p.run_dir / f"scores_{who}_{len(rows)}q.json"
-    source = Path(scored_source(p, who))
-    if cache.exists() and (not source.exists() or cache.stat().st_mtime > source.stat().st_mtime):
-        return json.loads(cache.read_text())
-    model, tokenizer = load_scored_model(p, who, device)
-    result = benchmark.evaluate(model, tokenizer, rows, max_length=p.max_length, max_new_tokens=p.max_new_tokens,
-                                batch_size=p.bench_batch_size, seed=base_seed, device=device)
-    out = {k: result[k] for k in (*SCORES, "n_examples", "answer_tokens")}
-    paths.write_text_atomic(cache, json.dumps(out, indent=1))
-    return out
-
-
-def run_sweep(base: StudyParams, name: str, seeds: list[int], variants: list[str], overrides: dict[str, Any],
-              n_questions: int, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Train what is missing, score every student; returns one record per (seed, variant)."""
-    unknown = set(variants) - set(VARIANT_STEPS)
-    if unknown:
-        raise ParamsError(f"--variants: unknown {sorted(unknown)}; choose from {', '.join(VARIANT_STEPS)}")
-    if not seeds:
-        raise ParamsError("--seeds: give at least one seed, e.g. --seeds 0,1,2")
-    runs = [seed_params(base, name, s, overrides) for s in seeds]  # validate every seed's params first
-    recorded = sweeps_dir(base) / f"{name}.json"
-    setting = json.dumps(overrides, sort_keys=True)
-    if recorded.exists() and any(r["overrides"] != setting for r in json.loads(recorded.read_text())):
-        raise ParamsError(f"--name {name}: {recorded} holds seeds trained with other settings; give this setting "
-                          f"its own --name")
-    fingerprint = base_fingerprint(base)
-    check_recorded_base(base, fingerprint)
-    rows = questions(base, n_questions)
-    device = models.resolve_device(base.device)
-    records = []
-    for p in runs:
-        train_seed(base, p, variants, log)
-        for v in variants:
-            models.setup_torch(p.seed, p.torch_threads)
-            s = score(p, v, rows, base.seed, device)
-            log(f"{p.run_name} {v}: " + ", ".join(f"{k} {s[k]:.3f}" for k in SCORES))
-            records.append({"sweep": name, "variant": v, "seed": p.seed, "questions": n_questions,
-                            "base_models": fingerprint, **s, "overrides": setting})
-    return records
-
-
-def score_references(base: StudyParams, n_questions: int, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """The study's teacher and its untrained student on the same questions (the ceiling and the start)."""
-    rows = questions(base, n_questions)
-    device = models.resolve_device(base.device)
-    fingerprint = base_fingerprint(base)
+def records(base: StudyParams) -> list[dict[str, Any]]:
+    """One record per scored student and reference model, from the sweep stages' score files."""
+    reg = load_registry(base)
+    q = int(reg["questions"])
     out = []
-    for who in REFERENCES:
-        models.setup_torch(base.seed, base.torch_threads)
-        s = score(base, who, rows, base.seed, device)
-        log(f"{base.run_name} {who}: " + ", ".join(f"{k} {s[k]:.3f}" for k in SCORES))
-        out.append({"sweep": "reference", "variant": who, "seed": base.seed, "questions": n_questions,
-                    "base_models": fingerprint, **s, "overrides": "{}"})
+    for name, entry in reg["sweeps"].items():
+        for seed in entry["seeds"]:
+            for variant in entry["variants"]:
+                s = json.loads(score_file(base, name, seed, variant, q).read_text())
+                out.append({"sweep": name, "variant": variant, "seed": seed, "questions": q,
+                            **{k: s[k] for k in (*SCORES, "n_examples")}, "overrides": json.dumps(entry["set"],
+                                                                                                  sort_keys=True)})
+    for model in REFERENCES:
+        s = json.loads(score_file(base, "reference", None, model, q).read_text())
+        out.append({"sweep": "reference", "variant": model, "seed": base.seed, "questions": q,
+                    **{k: s[k] for k in (*SCORES, "n_examples")}, "overrides": "{}"})
     return out
 
 
-# --------------------------------------------------------------------------------------------
-# Summary across sweeps
-# --------------------------------------------------------------------------------------------
-def sweeps_dir(base: StudyParams) -> Path:
-    return base.report_dir / "sweeps"
+def base_models(base: StudyParams) -> str:
+    """The content hashes DVC recorded for the run's tuned teacher and pruned student (its dvc.lock), shortened."""
+    from .pipeline import pipeline_dir
 
-
-def save_records(base: StudyParams, name: str, records: list[dict[str, Any]]) -> Path:
-    """Add a sweep's records to `<name>.json`: a (variant, seed) scored again replaces its old record, the
-    others stay (extending a sweep to more seeds must not drop the seeds it already has)."""
-    out = sweeps_dir(base) / f"{name}.json"
-    fresh = {(r["variant"], r["seed"]) for r in records}
-    kept = [r for r in (json.loads(out.read_text()) if out.exists() else []) if (r["variant"], r["seed"]) not in fresh]
-    merged = sorted(kept + records, key=lambda r: r["seed"])  # stable: variants keep their order within a seed
-    paths.write_text_atomic(out, json.dumps(merged, indent=1))
-    return out
-
-
-def load_records(folder: Path) -> list[dict[str, Any]]:
-    records: list[dict[str, Any]] = []
-    # the profile's own setting first, the other settings by name, the reference models last
-    order = {"default.json": "0", "reference.json": "2"}
-    for f in sorted(folder.glob("*.json"), key=lambda f: order.get(f.name, "1") + f.name):
-        if f.name != "summary.json":
-            records += json.loads(f.read_text())
-    return records
-
-
-def questions_asked(record: dict[str, Any]) -> int:
-    # records written before the field existed scored every question they were given
-    return int(record.get("questions", record["n_examples"]))
-
-
-def sweep_questions(base: StudyParams, asked: int) -> int:
-    """How many validation questions a new sweep scores: `asked`, else what the recorded sweeps scored, else
-    bench_size. Sweeps on different questions are never compared, so a mismatch stops before any training."""
-    recorded = {questions_asked(r) for r in load_records(sweeps_dir(base))}
-    if len(recorded) > 1:
-        raise ParamsError(f"{sweeps_dir(base)}: its sweeps scored different numbers of questions {sorted(recorded)}; "
-                          "keep the files of one count there")
-    if asked and recorded and asked not in recorded:
-        raise ParamsError(f"--questions {asked}: the sweeps in {sweeps_dir(base)} scored {recorded.pop()} questions, "
-                          "and differences are only paired on the same questions; drop --questions or move those "
-                          "files away to start over")
-    return asked or (recorded.pop() if recorded else base.bench_size)
+    lock = pipeline_dir(base) / "dvc.lock"
+    if not lock.exists():
+        return "unrecorded"
+    entry = (yaml.safe_load(lock.read_text()) or {}).get("stages", {}).get("teacher", {})
+    hashes = [o.get("md5", "")[:8] for o in entry.get("outs", []) if o.get("md5", "").endswith(".dir")]
+    return "-".join(hashes) or "unrecorded"
 
 
 def summarize(records: list[dict[str, Any]]) -> pd.DataFrame:
@@ -364,45 +302,52 @@ def summary_text(summary: pd.DataFrame, diffs: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def sweeps_dir(base: StudyParams) -> Path:
+    return base.report_dir / "sweeps"
+
+
 def write_summary(base: StudyParams, reference: tuple[str, str] = ("default", "ce_baseline")) -> Path:
-    """summary.txt/.csv/.json in reports/<base run>/sweeps/ from every sweep recorded there."""
+    """summary.txt/.csv/.json, seed_scores.png and paired_differences.png in reports/<run>/sweeps/."""
     folder = sweeps_dir(base)
-    records = load_records(folder)
-    if not records:
-        raise FileNotFoundError(f"{folder}: no sweep records; run `python -m distill sweep <params> --name ...` first")
-    summary, diffs = summarize(records), paired_differences(records, reference)
-    paths.write_text_atomic(folder / "summary.txt", summary_text(summary, diffs))
+    recs = records(base)
+    summary, diffs = summarize(recs), paired_differences(recs, reference)
+    origin = base_models(base)
+    paths.write_text_atomic(folder / "summary.txt", summary_text(summary, diffs) +
+                            f"\nBase models (tuned teacher and pruned student, from dvc.lock): {origin}\n")
     paths.write_text_atomic(folder / "summary.csv", pd.concat([summary, diffs]).to_csv(index=False))
     paths.write_text_atomic(folder / "summary.json", json.dumps(
-        {"summary": summary.to_dict("records"), "paired_differences": diffs.to_dict("records")}, indent=1))
+        {"base_models": origin, "reference": "/".join(reference), "summary": summary.to_dict("records"),
+         "paired_differences": diffs.to_dict("records")}, indent=1))
     n = int(summary["questions"].iloc[0])
-    fig = plots.seed_scores(records, f"{base.run_name}: students over seeds ({n} validation questions)")
+    fig = plots.seed_scores(recs, f"{base.run_name}: students over seeds ({n} validation questions)")
     plots.save(fig, folder, "seed_scores")
     plt.close(fig)
-    if len(diffs):
-        fig = plots.seed_differences(seed_differences(records, reference), "/".join(reference),
-                                     f"{base.run_name}: each setting minus {'/'.join(reference)}, paired by seed "
-                                     f"({n} validation questions)")
-        plots.save(fig, folder, "paired_differences")
-        plt.close(fig)
+    fig = plots.seed_differences(seed_differences(recs, reference), "/".join(reference),
+                                 f"{base.run_name}: each setting minus {'/'.join(reference)}, paired by seed "
+                                 f"({n} validation questions)")
+    plots.save(fig, folder, "paired_differences")
+    plt.close(fig)
     return folder / "summary.txt"
 
 
 def report_note(base: StudyParams) -> str:
-    """What the benchmark report says about seed spread: the sweep summary when there is one, and whether its
-    students came from the teacher and pruned student this run has now (content fingerprints, not file times,
-    so a fresh clone or a re-made teacher is told apart)."""
+    """What the benchmark report says about seed spread: the sweep summary when it was made from this run's
+    teacher and pruned student (DVC's content hashes), else a banner saying it was not."""
+    summary_json = sweeps_dir(base) / "summary.json"
     summary = sweeps_dir(base) / "summary.txt"
     if not summary.exists():
         return ("No seed sweep for this run yet: the gap between the distilled and the CE-only student above is "
                 "one seed's, not a finding. Measure the spread with\n"
-                f"    python -m distill sweep params/<profile>.yaml --name default --seeds 0,1,2   (or: make sweep)")
-    recorded = sorted(recorded_bases(base))
-    current = base_fingerprint(base)
-    if recorded == [current]:
+                "    python -m distill sweep params/<profile>.yaml --name default --seeds 0,1,2   (or: make sweep)")
+    recorded = json.loads(summary_json.read_text()).get("base_models", "unrecorded") if summary_json.exists() else \
+        "unrecorded"
+    current = base_models(base)
+    shown = paths.PROJECT_ROOT.name + "/" + summary.resolve().relative_to(paths.PROJECT_ROOT).as_posix() \
+        if summary.resolve().is_relative_to(paths.PROJECT_ROOT) else summary.name
+    if recorded == current and current != "unrecorded":
         origin = f"its students were trained from this run's teacher and pruned student (base models {current})"
     else:
-        origin = (f"NOTE: its students were trained from other base models ({', '.join(recorded)}) than this run has "
-                  f"now ({current}), e.g. a teacher re-made on another machine; its pairs compare students of those "
-                  "models. Move that folder away and run `make sweep` to measure this run's")
-    return f"{summary}: {origin}.\n\n{summary.read_text()}"
+        origin = (f"NOT FROM THIS RUN'S MODELS: its students were trained from other base models ({recorded}) than "
+                  f"this run has now ({current}); its pairs compare students of those models. Run `make sweep` to "
+                  "measure this run's")
+    return f"{shown}: {origin}.\n\n{summary.read_text()}"

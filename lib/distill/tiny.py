@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from . import paths
-from .models import _atomic_save, hash_config
+from .paths import atomic_folder, hash_config
 
 # head_dim is set explicitly: GemmaConfig keeps 256 whatever the hidden size.
 TINY_CONFIGS = {
@@ -86,7 +86,7 @@ def ensure_tiny_model(name: str, squad_dir: str = "", seed: int = 0) -> Path:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
 
-    return _atomic_save(build, out)
+    return atomic_folder(build, out)
 
 
 def ensure_tiny_tokenizer(squad_dir: str = "") -> Path:
@@ -94,4 +94,4 @@ def ensure_tiny_tokenizer(squad_dir: str = "") -> Path:
     if (out / "tokenizer.json").exists():
         return out
     tokenizer = build_tokenizer(_tokenizer_texts(squad_dir))
-    return _atomic_save(lambda tmp: tokenizer.save_pretrained(tmp), out)
+    return atomic_folder(lambda tmp: tokenizer.save_pretrained(tmp), out)

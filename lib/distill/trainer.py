@@ -146,6 +146,9 @@ class ComponentLogCallback(TrainerCallback):
         self.meter = meter
         self.last_step = 0
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.last_step = state.global_step  # a resumed run starts counting at its checkpoint's step
+
     def on_log(self, args, state, control, logs=None, **kwargs):
         entry = state.log_history[-1] if state.log_history else None
         if entry is None:

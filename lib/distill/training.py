@@ -1,6 +1,7 @@
 """One training run: TrainingArguments from params, the optimizer (student + projection), resume, best save."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from dataclasses import dataclass
@@ -12,10 +13,15 @@ from transformers import TrainingArguments
 
 from . import losses
 from .data import ListDataset, TrainCollator
-from .models import _atomic_save
+from .paths import atomic_folder, hash_config, write_text_atomic
 from .params import StudyParams
 from .trainer import (ComponentLogCallback, ComponentMeter, DistillationTrainer, LossConfig,
-                      ProjectionCheckpointCallback, last_checkpoint, load_projection_into, write_log_history)
+                      ProjectionCheckpointCallback, load_projection_into, write_log_history)
+
+KEY_FILE = "training_key.json"
+# keys that change no training step (what is scored, where things go, how fast the CPU runs)
+NOT_TRAINING = {"run_name", "output_dir", "deploy_dir", "resume", "torch_threads", "bench_size", "max_new_tokens",
+                "bench_batch_size", "bench_warmup", "qualitative_examples", "device"}
 
 
 @dataclass
@@ -79,15 +85,23 @@ def training_args(p: StudyParams, output_dir: Path, max_steps: int, learning_rat
 
 def train(p: StudyParams, student, tokenizer, train_features, eval_features, output_dir: Path, *,
           teacher=None, cfg: LossConfig, max_steps: int | None = None, learning_rate: float | None = None,
-          projection=None) -> TrainResult:
-    """Train `student` (LoRA or full) with the composite loss; keep and save the best checkpoint."""
+          projection=None, inputs: tuple[str, ...] = ()) -> TrainResult:
+    """Train `student` (LoRA or full) with the composite loss; keep and save the best checkpoint.
+
+    A killed run resumes from its last complete checkpoint (optimizer, scheduler, RNG and data order
+    restored by the Trainer) when that checkpoint was made with the same settings from the same input
+    model folders (`inputs`); otherwise old checkpoints are removed and training starts over.
+    """
     output_dir = Path(output_dir)
-    if not p.resume and output_dir.exists():
-        shutil.rmtree(output_dir)  # a fresh run must not pick up a previous run's checkpoints
-    output_dir.mkdir(parents=True, exist_ok=True)
     if cfg.beta_mse > 0 and projection is None:
         raise ValueError("beta_mse > 0 needs a HiddenProjection")
     max_steps = max_steps or p.max_steps
+    key = training_key(p, cfg, max_steps, learning_rate or p.learning_rate, inputs)
+    resume = resume_point(p, output_dir, key, needs_projection=projection is not None and cfg.beta_mse > 0)
+    if resume is None:
+        clear_checkpoints(output_dir)  # never continue from checkpoints made with other settings or models
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(output_dir / KEY_FILE, json.dumps(key, indent=1, default=str))
     cfg.positions_per_answer_token = positions_per_answer_token(train_features)
     args = training_args(p, output_dir, max_steps, learning_rate or p.learning_rate,
                          evaluate=bool(eval_features))
@@ -105,7 +119,8 @@ def train(p: StudyParams, student, tokenizer, train_features, eval_features, out
         data_collator=TrainCollator(tokenizer.pad_token_id), teacher=teacher, loss_config=cfg,
         projection=projection if cfg.beta_mse > 0 else None, meter=meter, callbacks=callbacks,
         optimizers=(optimizer, None))
-    resume = last_checkpoint(output_dir) if p.resume else None
+    if resume is not None:
+        print(f"resuming {output_dir.name} from {resume.name} (same settings and input models)", flush=True)
     if resume is not None and projection is not None:
         load_projection_into(projection, resume)
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
@@ -115,6 +130,70 @@ def train(p: StudyParams, student, tokenizer, train_features, eval_features, out
                  {"best_checkpoint": trainer.state.best_model_checkpoint, "best_eval_loss": trainer.state.best_metric,
                   "layer_map": cfg.layer_map, "global_step": trainer.state.global_step})
     return TrainResult(trainer, trainer.state.log_history, best, resume)
+
+
+def folder_identity(folder: str | Path) -> list[Any]:
+    """Names, sizes and modification times of a model folder's files: changes whenever the folder is re-made."""
+    root = Path(folder)
+    if not root.is_dir():
+        return [str(folder)]  # a hub id or spec: its name is its identity
+    return [[f.relative_to(root).as_posix(), f.stat().st_size, f.stat().st_mtime_ns]
+            for f in sorted(root.rglob("*")) if f.is_file()]
+
+
+def training_key(p: StudyParams, cfg: LossConfig, max_steps: int, learning_rate: float,
+                 inputs: tuple[str, ...]) -> dict[str, Any]:
+    settings = {k: v for k, v in p.to_dict().items() if k not in NOT_TRAINING}
+    loss = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "positions_per_answer_token"}
+    return {"settings": hash_config(settings), "loss": hash_config(loss), "max_steps": max_steps,
+            "learning_rate": learning_rate, "inputs": hash_config([folder_identity(i) for i in inputs])}
+
+
+def complete_checkpoint(ckpt: Path, needs_projection: bool) -> bool:
+    """Only a checkpoint whose every file was written (a kill during a save leaves one without its state)."""
+    state = ckpt / "trainer_state.json"
+    optimizer = ckpt / "optimizer.pt"
+    if not state.exists() or not optimizer.exists() or optimizer.stat().st_size == 0:
+        return False
+    try:
+        json.loads(state.read_text())
+    except ValueError:
+        return False
+    return not needs_projection or (ckpt / "hidden_projection.safetensors").exists()
+
+
+def resume_point(p: StudyParams, output_dir: Path, key: dict[str, Any], needs_projection: bool) -> Path | None:
+    """The checkpoint to continue from, or None (start over)."""
+    if not p.resume or not (output_dir / KEY_FILE).exists():
+        return None
+    if json.loads((output_dir / KEY_FILE).read_text()) != json.loads(json.dumps(key, default=str)):
+        return None
+    ckpts = sorted(output_dir.glob("checkpoint-*"), key=lambda c: int(c.name.split("-")[-1]))
+    complete = [c for c in ckpts if complete_checkpoint(c, needs_projection)]
+    for c in ckpts:
+        if c not in complete:
+            shutil.rmtree(c, ignore_errors=True)  # half-written by a kill: never read again
+    return complete[-1] if complete else None
+
+
+def checkpoint_to_resume(p: StudyParams, output_dir: Path, cfg: LossConfig, inputs: tuple[str, ...],
+                         projection=None) -> Path | None:
+    """The checkpoint `train` would continue from with these arguments (None: it starts over)."""
+    key = training_key(p, cfg, p.max_steps, p.learning_rate, inputs)
+    return resume_point(p, Path(output_dir), key, needs_projection=projection is not None and cfg.beta_mse > 0)
+
+
+def clear_checkpoints(output_dir: Path) -> None:
+    for c in [*output_dir.glob("checkpoint-*"), output_dir / "best", output_dir / KEY_FILE,
+              output_dir / "log_history.json"]:
+        if c.is_dir():
+            shutil.rmtree(c)
+        elif c.exists():
+            c.unlink()
+
+
+def read_log_history(output_dir: Path) -> list[dict[str, Any]]:
+    return json.loads((Path(output_dir) / "log_history.json").read_text())
 
 
 def positions_per_answer_token(features) -> float:
@@ -132,4 +211,4 @@ def save_trained(model, tokenizer, folder: Path, projection=None, info: dict | N
         if projection is not None:
             projection.save(tmp)
         (tmp / "training_info.json").write_text(json.dumps(info or {}, indent=1, default=str))
-    return _atomic_save(build, Path(folder))
+    return atomic_folder(build, Path(folder))

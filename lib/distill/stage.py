@@ -1,0 +1,144 @@
+"""What one pipeline stage runs: `python -m distill stage pipelines/<run>/params.yaml <kind> [model]`.
+
+DVC calls these (see `pipeline.dvc_yaml`); each one is a fresh process, so a model's peak memory
+measured by the speed stage is its own.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from . import paths, pipeline
+from .params import StudyParams
+
+NOTEBOOK_REPORTS = {"teacher": "00_teacher", "train-distilled": "01_distill",
+                    "train-ce_baseline": "01_distill_ce_baseline", "merge": "02_merge", "report": "03_benchmark"}
+
+
+def record_file(p: StudyParams, report_name: str) -> Path:
+    return p.run_dir / "executed" / f"{report_name}.json"
+
+
+def run_notebook_stage(sp: StudyParams, spec: "pipeline.Stage", report_name: str) -> int:
+    """Execute the stage's notebook with `sp` (papermill), render its HTML, and record how it went."""
+    from .runner import StepFailed, execute_step, quiet_papermill
+
+    executed_dir = sp.run_dir / "executed"
+    executed_dir.mkdir(parents=True, exist_ok=True)
+    sp.report_dir.mkdir(parents=True, exist_ok=True)
+    quiet_papermill()
+    start = dt.datetime.now(dt.timezone.utc)
+    record: dict[str, Any] = {"name": report_name, "stage": spec.name, "notebook": spec.notebook,
+                              "title": spec.title, "start": start.isoformat(timespec="seconds")}
+    t0 = time.perf_counter()
+    try:
+        execute_step(report_name, spec.notebook, sp.to_dict(), executed_dir, sp.report_dir)
+        record["status"] = "ok"
+        code = 0
+    except StepFailed as err:
+        record.update(status="failed", failure=str(err))
+        print(f"FAILED: {err}", flush=True)
+        code = 1
+    record["wall_s"] = time.perf_counter() - t0
+    paths.write_text_atomic(record_file(sp, report_name), json.dumps(record, indent=1))
+    return code
+
+
+def score_stage(p: StudyParams, model: str) -> int:
+    """EM/F1 (greedy answers), teacher-forced answer loss and top-1 of one model on the run's questions."""
+    from . import benchmark, models, study
+
+    models.setup_torch(p.seed, p.torch_threads)
+    device = models.resolve_device(p.device)
+    rows = study.bench_rows(p, p.bench_size)
+    model_obj, tokenizer = study.load_scored_model(p, model, device)
+    t0 = time.perf_counter()
+    result = benchmark.evaluate(model_obj, tokenizer, rows, max_length=p.max_length, max_new_tokens=p.max_new_tokens,
+                                batch_size=p.bench_batch_size, seed=p.seed, device=device)
+    keep = ("exact_match", "f1", "answer_loss", "top1_accuracy", "answer_tokens", "n_examples", "dropped", "windowed",
+            "raw_generations", "predictions", "references")
+    out = {k: result[k] for k in keep}
+    out.update(model=model, question_ids=[r["id"] for r in rows], wall_s=time.perf_counter() - t0)
+    paths.write_text_atomic(pipeline.scores_file(p, model), json.dumps(out, indent=1))
+    print(f"{p.run_name} {model}: EM {out['exact_match']:.1f} F1 {out['f1']:.1f} answer loss "
+          f"{out['answer_loss']:.3f} on {len(rows)} questions", flush=True)
+    return 0
+
+
+def speed_stage(p: StudyParams, model: str) -> int:
+    """Size, latency, throughput and peak memory of one model, alone in this process."""
+    from . import benchmark, models, study
+
+    source, four_bit = study.scored_source(p, model)
+    rows_file = pipeline.speed_file(p, model).with_suffix(".rows.json")
+    rows_file.parent.mkdir(parents=True, exist_ok=True)
+    rows_file.write_text(json.dumps(study.bench_rows(p, p.bench_size)))
+    try:
+        result = benchmark.run_model_benchmark(dict(
+            source=source, load_in_4bit=four_bit, rows_file=str(rows_file), seed=p.seed, device=p.device,
+            threads=p.torch_threads, dtype=p.model_dtype, max_length=p.max_length, max_new_tokens=p.max_new_tokens,
+            batch_size=p.bench_batch_size, warmup_batches=p.bench_warmup, bnb_compute_dtype=p.bnb_compute_dtype,
+            score=False))
+    finally:
+        rows_file.unlink(missing_ok=True)
+    result.update(model=model, device=str(models.resolve_device(p.device)))
+    paths.write_text_atomic(pipeline.speed_file(p, model), json.dumps(result, indent=1))
+    print(f"{p.run_name} {model}: {result['latency_ms_per_example']:.1f} ms/example, peak "
+          f"{result['peak_memory_mb']:.0f} MB", flush=True)
+    return 0
+
+
+def sweep_score_stage(p: StudyParams, name: str, seed: str, model: str, questions: int) -> int:
+    """One sweep student (adapter merged in memory) or reference model on the sweeps' questions."""
+    from . import benchmark, models, study, sweep
+
+    if name == "reference":
+        sp, source_model = p, model
+    else:
+        entry = sweep.load_registry(p)["sweeps"][name]
+        sp, source_model = sweep.seed_params(p, name, int(seed), entry["set"]), model
+    models.setup_torch(sp.seed, sp.torch_threads)
+    device = models.resolve_device(sp.device)
+    rows = study.bench_rows(p, questions)  # the base run's questions, whatever the seed
+    loaded, tokenizer = sweep.load_student_or_reference(sp, source_model, device)
+    result = benchmark.evaluate(loaded, tokenizer, rows, max_length=sp.max_length, max_new_tokens=sp.max_new_tokens,
+                                batch_size=sp.bench_batch_size, seed=p.seed, device=device)
+    out = {k: result[k] for k in (*sweep.SCORES, "n_examples", "answer_tokens", "predictions")}
+    out["question_ids"] = [r["id"] for r in rows]
+    f = sweep.score_file(p, name, None if name == "reference" else int(seed), model, questions)
+    paths.write_text_atomic(f, json.dumps(out, indent=1))
+    print(f"{name} seed {seed} {model}: " + ", ".join(f"{k} {out[k]:.3f}" for k in sweep.SCORES), flush=True)
+    return 0
+
+
+def main(params_path: str, kind: str, *args: str) -> int:
+    p = pipeline.read_params(params_path)
+    if kind in ("score", "speed"):
+        if not args or args[0] not in pipeline.MODELS:
+            raise SystemExit(f"error: {kind} takes one of {', '.join(pipeline.MODELS)}, not {args}")
+        return score_stage(p, args[0]) if kind == "score" else speed_stage(p, args[0])
+    if kind == "sweep-train":
+        from . import sweep
+
+        name, seed, variant = args
+        entry = sweep.load_registry(p)["sweeps"][name]
+        sp = pipeline.stage_params(sweep.seed_params(p, name, int(seed), entry["set"]), f"train-{variant}")
+        spec = next(s for s in pipeline.stages(p) if s.name == f"sweep-{name}-seed{seed}-{variant}")
+        return run_notebook_stage(sp, spec, pipeline.TRAIN_REPORTS[variant])
+    if kind == "sweep-score":
+        name, seed, model, questions = args
+        return sweep_score_stage(p, name, seed, model, int(questions))
+    if kind == "sweep-summary":
+        from . import sweep
+
+        reference = tuple(sweep.load_registry(p).get("reference", "default/ce_baseline").split("/", 1))
+        print(sweep.write_summary(p, reference).read_text(), flush=True)
+        return 0
+    name = f"train-{args[0]}" if kind == "train" else kind
+    if name not in NOTEBOOK_REPORTS:
+        raise SystemExit(f"error: unknown stage {kind} {' '.join(args)}".strip())
+    spec = next(s for s in pipeline.stages(p) if s.name == name)
+    return run_notebook_stage(pipeline.stage_params(p, name), spec, NOTEBOOK_REPORTS[name])

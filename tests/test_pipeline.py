@@ -1,0 +1,138 @@
+"""The DVC pipeline as generated: what each stage reads and writes, and the committed pipelines stay current."""
+import ast
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jupytext
+import pytest
+import yaml
+
+from distill import params, paths, pipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+PROFILES = sorted((ROOT / "params").glob("*.yaml"))
+
+
+def _in_project(p):
+    """The tests keep their outputs outside the project (conftest); the pipeline needs them inside."""
+    return p.replace(output_dir=f"artifacts/{p.run_name}")
+
+
+@pytest.fixture
+def reports_inside(monkeypatch):
+    from distill import sweep
+
+    monkeypatch.setattr(paths, "REPORTS_DIR", paths.PROJECT_ROOT / "reports")
+    monkeypatch.setattr(sweep, "load_registry", lambda base: {"questions": 0, "sweeps": {}})  # no local sweeps
+
+
+def stage_map(p):
+    return {s.name: s for s in pipeline.stages(p)}
+
+
+def test_a_loss_key_reruns_only_what_is_downstream_of_distillation(reports_inside):
+    s = stage_map(_in_project(params.load("params/smoke.yaml")))
+    readers = {name for name, st in s.items() if "temperature" in st.params}
+    assert readers == {"train-distilled"}
+    # merge, scoring and the report follow through their deps on the distilled student's folders
+    assert "artifacts/smoke/students/distilled" in s["merge"].deps
+    assert "artifacts/smoke/deploy" in s["score-distilled"].deps and "artifacts/smoke/deploy" in s["speed-distilled"].deps
+    assert "artifacts/smoke/deploy" not in s["score-ce_baseline"].deps
+
+
+def test_teacher_preparation_reads_no_student_training_key(reports_inside):
+    teacher = set(stage_map(_in_project(params.load("params/smoke.yaml")))["teacher"].params)
+    assert not teacher & {"temperature", "gamma_kl", "beta_mse", "kd_kind", "max_steps", "learning_rate", "use_lora",
+                          "alpha_ce", "bench_warmup", "qualitative_examples", "deploy_dir"}
+    assert {"teacher", "teacher_finetune_steps", "prune_keep", "seed", "max_length"} <= teacher
+
+
+def test_ce_baseline_does_not_read_teacher_terms(reports_inside):
+    s = stage_map(_in_project(params.load("params/smoke.yaml")))
+    assert not set(s["train-ce_baseline"].params) & set(pipeline.TEACHER_TERMS)
+    assert set(pipeline.TEACHER_TERMS) <= set(s["train-distilled"].params)
+    assert pipeline.stage_params(params.load("params/smoke.yaml"), "train-ce_baseline").uses_teacher is False
+
+
+def test_every_stage_key_is_a_params_key(reports_inside):
+    p = _in_project(params.load("params/smoke.yaml"))
+    known = set(params.field_names())
+    for s in pipeline.stages(p):
+        assert set(s.params) <= known, (s.name, set(s.params) - known)
+
+
+def test_training_checkpoints_persist_and_reports_are_not_cached(reports_inside):
+    d = pipeline.dvc_yaml(_in_project(params.load("params/smoke.yaml")))["stages"]
+    outs = d["train-distilled"]["outs"]
+    assert {"artifacts/smoke/students/distilled": {"persist": True}} in outs
+    assert {"reports/smoke/01_distill.html": {"cache": False}} in outs
+    assert d["teacher"]["wdir"] == "../.." and d["teacher"]["cmd"].startswith("python -m distill stage ")
+    assert d["report"]["deps"] and all("scores" in x or "speed" in x or x.endswith(".py") for x in d["report"]["deps"])
+
+
+def test_report_files_follow_the_params(reports_inside):
+    p = _in_project(params.load("params/smoke.yaml"))
+    with_recovery = stage_map(p)["train-distilled"].reports
+    without = stage_map(p.replace(recovery_steps=0))["train-distilled"].reports
+    assert "reports/smoke/recovery_loss_components_distilled.png" in with_recovery
+    assert "reports/smoke/recovery_loss_components_distilled.png" not in without
+
+
+def test_outputs_outside_the_project_are_refused_with_the_fix(reports_inside):
+    p = params.load("params/smoke.yaml").replace(output_dir="/tmp/elsewhere")
+    with pytest.raises(params.ParamsError, match=r"output_dir: /tmp/elsewhere is outside the project"):
+        pipeline.stages(p)
+
+
+@pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.stem)
+def test_dvc_accepts_every_profile_pipeline(profile, tmp_path):
+    """Each profile's generated dvc.yaml parses in DVC: no overlapping outputs, no cycle, params found."""
+    from conftest import make_project_copy, project_env
+
+    project = make_project_copy(tmp_path / "project")
+    subprocess.run([sys.executable, "-m", "distill", "pipeline", str(profile.relative_to(ROOT))], cwd=project,
+                   env=project_env(project), check=True, capture_output=True)
+    run_name = params.load(profile).run_name
+    dag = subprocess.run([shutil.which("dvc", path=str(Path(sys.executable).parent)), "dag", "--md",
+                          f"pipelines/{run_name}/dvc.yaml"], cwd=project, capture_output=True, text=True)
+    assert dag.returncode == 0, dag.stderr
+    assert "teacher" in dag.stdout and "report" in dag.stdout
+
+
+def test_run_lock_refuses_a_second_holder(tmp_path, monkeypatch):
+    monkeypatch.setattr(paths, "PROJECT_ROOT", tmp_path)
+    p = params.load("params/smoke.yaml")
+    with pipeline.run_lock(p):
+        with pytest.raises(pipeline.RunLocked, match="run smoke is already running"):
+            with pipeline.run_lock(p):
+                pass
+    with pipeline.run_lock(p):  # released when the holder ends
+        pass
+
+
+def _parameters_cell(path: Path) -> dict:
+    cell = next(c for c in jupytext.read(path).cells if "parameters" in c.metadata.get("tags", []))
+    return {n.target.id: ast.literal_eval(n.value) for n in ast.parse(cell.source).body}
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "notebooks").glob("*.py")), ids=lambda p: p.stem)
+def test_notebook_defaults_are_the_smoke_profile(path):
+    """A notebook run by hand (papermill with few -p) must compute what the runner computes for smoke."""
+    smoke = params.load("params/smoke.yaml").to_dict()
+    for key, value in _parameters_cell(path).items():
+        assert value == smoke[key], f"{path.name}: {key} = {value!r}, smoke profile has {smoke[key]!r}"
+
+
+def test_dvc_config_links_from_the_cache():
+    config = (ROOT / ".dvc" / "config").read_text()
+    assert 'type = "hardlink,symlink,copy"' in config and "analytics = false" in config
+    assert (ROOT / ".dvcignore").exists()
+
+
+def test_generated_pipeline_round_trips(reports_inside):
+    p = _in_project(params.load("params/smoke.yaml"))
+    dvc_text, params_text = pipeline.pipeline_texts(p)
+    assert params.from_mapping(yaml.safe_load(params_text)) == p
+    assert list(yaml.safe_load(dvc_text)["stages"]) == [s.name for s in pipeline.stages(p)]
