@@ -16,7 +16,7 @@ export SQUAD_DIR ?= $(wildcard $(abspath ../shared/data/squad))
 export PYTHONUNBUFFERED := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-fast study sweep smoke status dag validate params lab notebooks bench-loss clean
+.PHONY: help setup test test-fast study sweep smoke status dag validate params lab notebooks bench-loss bench-step clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -68,6 +68,9 @@ notebooks: setup ## generate the paired .ipynb files from notebooks/*.py (they a
 
 bench-loss: setup ## memory and speed of the KD loss at Gemma's 256k vocabulary, chunked vs not
 	$(PY) benchmarks/kd_loss_memory.py
+
+bench-step: setup ## cost of a distillation step (live teacher, cached sparse teacher) vs a CE step on PROFILE's models
+	$(PY) benchmarks/step_cost.py params/$(PROFILE).yaml
 
 clean: ## remove the runs' artifacts and the smoke report and pipeline (keeps .venv, the model cache and .dvc/cache)
 	rm -rf artifacts reports/smoke pipelines/smoke

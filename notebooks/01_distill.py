@@ -60,8 +60,8 @@ print(f"run {p.run_name}, variant {p.variant}: alpha_ce {p.alpha_ce}, gamma_kl {
 # %%
 sets = study.load_data(p)
 student_model, tokenizer = study.load_student(p, device)
-train_enc = data.encode_examples(sets.train_rows, tokenizer, p.max_length, p.seed)
-eval_enc = data.encode_examples(sets.eval_rows, tokenizer, p.max_length, p.seed + 1)
+encoded = study.encode_training(p, tokenizer, sets)
+train_enc, eval_enc = encoded["train"], encoded["eval"]
 stats = pd.DataFrame({"train": data.length_stats(train_enc.lengths), "eval": data.length_stats(eval_enc.lengths)}).T
 stats["windowed"] = [train_enc.windowed, eval_enc.windowed]
 stats["dropped"] = [train_enc.dropped, eval_enc.dropped]
@@ -75,16 +75,21 @@ print(tokenizer.decode(example["input_ids"][: example["prompt_len"]])[-300:], "[
 
 # %% [markdown]
 # ## Models
-# The teacher runs in `eval()` under `no_grad`, frozen; it is loaded only when a teacher term has a
-# non-zero weight. Teacher and student must share one vocabulary; the layer map sends each student
-# layer to a teacher layer, and a learned projection maps the student's width to the teacher's.
+# The teacher runs in `eval()` under `no_grad`, frozen; it is loaded only when a step needs it live (with
+# `teacher_cache` its sparse targets come from the cache, and it runs only for the hidden-state term).
+# Teacher and student must share one vocabulary; the layer map sends each student layer to a teacher
+# layer, and a learned projection maps the student's width to the teacher's.
 
 # %%
 teacher_model = None
 vocab_size = len(tokenizer)
 n_student = len(models.decoder_layers(student_model))
 n_teacher = n_student
-if p.uses_teacher:
+targets = study.cached_targets(p, tokenizer) if p.uses_teacher_cache else None
+if targets is not None:
+    print(f"teacher targets: {p.teacher_cache} (k = {p.teacher_cache_k}) from {targets.view_path.parent.parent.name}, "
+          f"{len(targets.entries)} examples")
+if p.needs_live_teacher:
     teacher_model, teacher_tok = study.load_teacher(p, device)
     vocab_size = models.check_vocab_compatible(teacher_tok, tokenizer, teacher_model, student_model)
     n_teacher = len(models.decoder_layers(teacher_model))
@@ -114,11 +119,10 @@ print(f"layer map (student layer -> teacher layer): {cfg.layer_map if p.beta_mse
 inputs = study.training_inputs(p)
 resume_from = training.checkpoint_to_resume(p, out_dir, cfg, inputs, projection)
 if p.recovery_steps and resume_from is None:
-    recovery_feats = data.encode_contexts(sets.recovery_rows, tokenizer, p.max_length)
     rec_cfg = training.loss_config(p.replace(distill_positions="all"), n_student, n_teacher, vocab_size, pruned_from)
-    recovery = training.train(p, student_model, tokenizer, recovery_feats, [], out_dir / "recovery",
+    recovery = training.train(p, student_model, tokenizer, encoded["recovery"], [], out_dir / "recovery",
                               teacher=teacher_model, cfg=rec_cfg, max_steps=p.recovery_steps, projection=projection,
-                              inputs=inputs)
+                              inputs=inputs, teacher_targets=targets)
     student_model = recovery.trainer.model
     recovery_history = recovery.log_history
 elif p.recovery_steps:
@@ -138,7 +142,8 @@ if p.recovery_steps:
 
 # %%
 result = training.train(p, student_model, tokenizer, train_enc.features, eval_enc.features, out_dir,
-                        teacher=teacher_model, cfg=cfg, projection=projection, inputs=inputs)
+                        teacher=teacher_model, cfg=cfg, projection=projection, inputs=inputs,
+                        teacher_targets=targets)
 history = result.log_history
 train_log = [e for e in history if "loss" in e]
 eval_log = [e for e in history if "eval_loss" in e]

@@ -136,3 +136,16 @@ def test_generated_pipeline_round_trips(reports_inside):
     dvc_text, params_text = pipeline.pipeline_texts(p)
     assert params.from_mapping(yaml.safe_load(params_text)) == p
     assert list(yaml.safe_load(dvc_text)["stages"]) == [s.name for s in pipeline.stages(p)]
+
+
+def test_a_cached_teacher_adds_a_cache_stage_that_only_the_distilled_student_reads(reports_inside):
+    p = _in_project(params.load("params/smoke.yaml")).replace(teacher_cache="topk", teacher_cache_k=8)
+    s = stage_map(p)
+    names = list(s)
+    assert names.index("teacher") < names.index("teacher-cache") < names.index("train-distilled")
+    view = "artifacts/smoke/teacher_cache/topk-k8-T2-L128/views/smoke.json"
+    assert view in s["train-distilled"].deps and view not in s["train-ce_baseline"].deps
+    assert {"teacher_cache", "teacher_cache_k", "kd_sparse_tail"} <= set(s["train-distilled"].params)
+    assert {"temperature", "teacher_cache_k"} <= set(s["teacher-cache"].params)
+    assert s["teacher-cache"].persist == ["artifacts/smoke/teacher_cache"]
+    assert "teacher-cache" not in stage_map(_in_project(params.load("params/smoke.yaml")))

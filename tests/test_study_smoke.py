@@ -147,16 +147,17 @@ def test_kill_during_training_resumes_to_the_same_result_and_a_second_run_is_ref
     """kill -9 the whole run while the distilled student trains, after its first checkpoint; run it again."""
     _, p = smoke_run
     kill = Run(p.project, "smoke_kill")
-    args = ["--set", "run_name=smoke_kill", "--set", "max_steps=12", "--set", "recovery_steps=0"]
+    args = ["--set", "run_name=smoke_kill", "--set", "max_steps=30", "--set", "recovery_steps=0"]
     proc = subprocess.Popen([sys.executable, "-m", "distill", "run", "params/smoke.yaml", *args], cwd=p.project,
                             env=project_env(p.project), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     students = kill.run_dir / "students" / "distilled"
+    _wait_for(lambda: (p.project / "pipelines" / "smoke_kill" / "params.yaml").exists(), proc)  # it holds the lock
+    second = run_in_project(p.project, "run", "params/smoke.yaml", *args, timeout=120)
+    assert second.returncode == 2 and "run smoke_kill is already running" in second.stderr, second.stderr
     _wait_for(lambda: (students / "checkpoint-2" / "trainer_state.json").exists(), proc)
-    second = run_in_project(p.project, "run", "params/smoke.yaml", *args, timeout=60)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.communicate()
-    assert second.returncode == 2 and "run smoke_kill is already running" in second.stderr, second.stderr
     assert not (students / "best").exists(), "training finished before the kill: the test proves nothing"
 
     resumed = run_in_project(p.project, "run", "params/smoke.yaml", *args)
@@ -173,7 +174,7 @@ def test_kill_during_training_resumes_to_the_same_result_and_a_second_run_is_ref
     again = json.loads((kill.report_dir / "log_history_distilled.json").read_text())
     evals = [(e["step"], e["eval_loss"]) for e in history if "eval_loss" in e]
     fresh_evals = [(e["step"], e["eval_loss"]) for e in again if "eval_loss" in e]
-    assert [s for s, _ in evals] == [s for s, _ in fresh_evals] == [2, 4, 6, 8, 10, 12]
+    assert [s for s, _ in evals] == [s for s, _ in fresh_evals] == list(range(2, 31, 2))
     for (_, a), (_, b) in zip(evals, fresh_evals):
         assert a == pytest.approx(b, abs=1e-5)
 
@@ -205,4 +206,25 @@ def test_seed_sweep_trains_scores_and_summarises_from_the_runs_models(smoke_run)
     assert more.returncode == 0, more.stdout[-3000:] + more.stderr[-3000:]
     assert set(RUN.findall(more.stdout)) == {"sweep-t-seed2-distilled", "sweep-t-seed2-ce_baseline",
                                              "sweep-score-t-seed2-distilled", "sweep-score-t-seed2-ce_baseline",
-                                             "sweep-summary"}
+                                             "sweep-summary", "report"}  # the benchmark report shows the new summary
+
+
+def test_a_cached_teacher_is_paid_once_per_example(smoke_run):
+    """The cache stage computes each example once; a sweep's new seed reuses what earlier runs cached."""
+    _, p = smoke_run
+    args = ["--set", "run_name=smoke_cache", "--set", "teacher_cache=topk", "--set", "recovery_steps=0",
+            "--set", "beta_mse=0"]
+    first = run_in_project(p.project, "run", "params/smoke.yaml", *args, "--only", "train-distilled")
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    line = next(x for x in first.stdout.splitlines() if "teacher cache:" in x)
+    assert re.search(r": 0 from the cache, [1-9]\d* computed by the teacher", line), line
+    nb = nbformat.read(p.project / "artifacts" / "smoke_cache" / "executed" / "01_distill.ipynb", as_version=4)
+    printed = json.dumps([o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])])
+    assert "teacher targets: topk (k = 16)" in printed and "teacher (as loaded)" not in printed  # no live teacher
+    more = run_in_project(p.project, "sweep", "pipelines/smoke_cache/params.yaml", "--name", "c", "--seeds", "1",
+                          "--variants", "distilled", "--questions", "4", "--reference", "c/distilled")
+    assert more.returncode == 0, more.stdout[-3000:] + more.stderr[-3000:]
+    line = next(x for x in more.stdout.splitlines() if "teacher cache:" in x)
+    cached, computed = map(int, re.search(r"(\d+) from the cache, (\d+) computed", line).groups())
+    assert cached > 0, line  # the seed-0 run's examples that seed 1 meets again, and all of seed 0's
+    assert "train-distilled" not in RUN.findall(more.stdout)  # the run's own student stays up to date

@@ -104,8 +104,13 @@ def _sweep(args: argparse.Namespace) -> int:
     from .pipeline import RunLocked
     from .runner import run_sweeps
 
+    from .pipeline import params_file, read_params
+
     try:
         base = load(args.params)
+        if params_file(base).exists():  # the run as it was last run (its --set overrides included)
+            base = read_params(params_file(base))
+            print(f"sweeping run {base.run_name} as its pipeline has it: {params_file(base)}")
         overrides = parse_overrides(args.set)
         if not all(s.strip().isdigit() for s in args.seeds.split(",") if s.strip()):
             raise ParamsError(f"--seeds {args.seeds}: expected comma-separated whole numbers, e.g. 0,1,2")

@@ -131,6 +131,8 @@ def _masked_rows(student_logits: torch.Tensor, mask: torch.Tensor, row_sum, chun
     b_idx, t_idx = mask.nonzero(as_tuple=True)
     if chunk_size is not None and chunk_size < n:
         return _ChunkedDivergence.apply(student_logits, row_sum, b_idx, t_idx, chunk_size), n
+    if n == mask.numel():  # every position: a view of the logits, no gathered [N, V] copy
+        return row_sum(student_logits.reshape(n, -1), (b_idx, t_idx)), n
     return row_sum(student_logits[b_idx, t_idx], (b_idx, t_idx)), n
 
 
@@ -195,6 +197,22 @@ def kd_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, ma
 SPARSE_TAILS = ("bucket", "renormalize")
 
 
+def _kept_log_probs(s_rows: torch.Tensor, kept: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log softmax(s / T) at the kept ids only: one logsumexp over the vocabulary, no [N, V] log-probabilities."""
+    x = s_rows.float()
+    if temperature != 1.0:
+        x = x / temperature
+    return x.gather(-1, kept) - torch.logsumexp(x, -1, keepdim=True)
+
+
+def _log1mexp(x: torch.Tensor) -> torch.Tensor:
+    """log(1 - exp(x)) for x <= 0, accurate at both ends (Maechler 2012); exp(x) >= 1 (rounding) gives the
+    stand-in for log 0."""
+    x = x.clamp_max(0.0)
+    out = torch.where(x > -math.log(2.0), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+    return torch.where(torch.isfinite(out), out, torch.full_like(out, _NEG_LOGIT))
+
+
 def _check_sparse(student_logits, teacher_ids, teacher_logprobs, mask, temperature, chunk_size, name):
     if not temperature > 0:
         raise ValueError(f"temperature: got {temperature}; must be > 0")
@@ -237,21 +255,19 @@ def sparse_kd_divergence(student_logits: torch.Tensor, teacher_ids: torch.Tensor
     t_lp = teacher_logprobs.detach().to(student_logits.device).float()
 
     def row_sum(s_rows: torch.Tensor, rows) -> torch.Tensor:
-        log_s_full = _log_probs(s_rows, temperature)
         kept = ids[rows]
-        log_s = log_s_full.gather(-1, kept)
+        log_s = _kept_log_probs(s_rows, kept, temperature)
         log_t = t_lp[rows]
         if tail == "renormalize":
             log_s = log_s - torch.logsumexp(log_s, -1, keepdim=True)
             log_t = log_t - torch.logsumexp(log_t, -1, keepdim=True)
             return _divergence_from_logs(log_s, log_t, kind, beta)
-        # the student's mass outside the kept ids; -inf (no outside) when the ids cover the vocabulary
-        s_rest = torch.logsumexp(log_s_full.scatter(-1, kept, float("-inf")), -1, keepdim=True)
-        covered = torch.isneginf(s_rest)
-        t_rest = torch.log((1.0 - log_t.exp().sum(-1, keepdim=True)).clamp_min(0.0))
-        # an empty bucket on both sides when every id is kept (the teacher's leftover is then rounding only)
-        s_rest = torch.where(covered, torch.full_like(s_rest, _NEG_LOGIT), s_rest)
-        t_rest = torch.where(covered | torch.isneginf(t_rest), torch.full_like(t_rest, _NEG_LOGIT), t_rest)
+        if kept.shape[-1] >= s_rows.shape[-1]:  # every id kept (ids are distinct): both buckets are empty
+            return _divergence_from_logs(log_s, log_t, kind, beta)
+        # the mass outside the kept ids, log(1 - sum p), from the kept log-probabilities alone (no second pass
+        # over the vocabulary)
+        s_rest = _log1mexp(torch.logsumexp(log_s, -1, keepdim=True))
+        t_rest = _log1mexp(torch.logsumexp(log_t, -1, keepdim=True))
         return _divergence_from_logs(torch.cat([log_s, s_rest], -1), torch.cat([log_t, t_rest], -1), kind, beta)
 
     total, n = _masked_rows(student_logits, mask, row_sum, chunk_size)
@@ -288,7 +304,7 @@ def sampled_kd_divergence(student_logits: torch.Tensor, teacher_ids: torch.Tenso
     weights = weights / weights.sum(-1, keepdim=True).clamp_min(1.0)
 
     def row_sum(s_rows: torch.Tensor, rows) -> torch.Tensor:
-        log_s = _log_probs(s_rows, temperature).gather(-1, ids[rows])
+        log_s = _kept_log_probs(s_rows, ids[rows], temperature)
         w = weights[rows]
         return (w * (t_lp[rows].masked_fill(w == 0, 0.0) - log_s)).sum()
 

@@ -104,6 +104,14 @@ class StudyParams:
                                "vocabulary, e.g. 64 for Gemma's 256k); 0 = all at once", min=0)
     distill_positions: Literal["answer", "all"] = _f(
         "all", "teacher terms on answer tokens only, or every non-padding token")
+    teacher_cache: Literal["none", "topk", "sampled"] = _f(
+        "none", "where the divergence's teacher targets come from: none = the live dense teacher in every step; topk = "
+                "its k most likely tokens, cached once per example; sampled = k tokens drawn from it, cached")
+    teacher_cache_k: int = _f(16, "teacher_cache: tokens kept (topk) or drawn (sampled) per position; more is closer "
+                                  "to the dense divergence and costs 6 bytes per token each", min=1)
+    kd_sparse_tail: Literal["bucket", "renormalize"] = _f(
+        "bucket", "teacher_cache topk: the mass outside the kept tokens is one more outcome (bucket) or dropped and "
+                  "both sides renormalised")
     layer_map: list[int] = _f([], "teacher layer for each student layer; empty = uniform spread")
     hidden_loss: Literal["mse", "cosine"] = _f("mse", "hidden-state loss; mse is normalised by the teacher's mean square")
 
@@ -124,6 +132,9 @@ class StudyParams:
             raise ParamsError("student: prune needs prune_layers (a list) or prune_keep >= 1")
         if self.variant == "ce_baseline" and self.uses_teacher:
             raise ParamsError("variant: ce_baseline is the CE-only student; it needs gamma_kl: 0 and beta_mse: 0")
+        if self.teacher_cache == "sampled" and self.kd_kind != "forward_kl":
+            raise ParamsError(f"teacher_cache: sampled estimates the forward KL only; got kd_kind: {self.kd_kind} "
+                              "(use teacher_cache: topk, or kd_kind: forward_kl)")
         if self.recovery_steps and not self.recovery_size:
             raise ParamsError(f"recovery_steps: {self.recovery_steps} needs recovery_size >= 1 (contexts to train on)")
 
@@ -143,6 +154,15 @@ class StudyParams:
     @property
     def uses_teacher(self) -> bool:
         return self.gamma_kl > 0 or self.beta_mse > 0
+
+    @property
+    def uses_teacher_cache(self) -> bool:
+        """The divergence reads cached sparse targets (the teacher itself runs only for hidden states)."""
+        return self.teacher_cache != "none" and self.gamma_kl > 0
+
+    @property
+    def needs_live_teacher(self) -> bool:
+        return self.beta_mse > 0 or (self.gamma_kl > 0 and not self.uses_teacher_cache)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

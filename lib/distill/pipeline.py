@@ -131,6 +131,17 @@ def stages(p: StudyParams) -> list[Stage]:
         outs=made, reports=[f"{rep}/{f}" for f in teacher_reports] + [f"{run}/executed/00_teacher.ipynb"],
         notebook="00_teacher", title="Teacher: zero-shot, SQuAD fine-tune, pruned student"))
 
+    users = cache_users(p)
+    if users:
+        reg = sweep_registry_file(p)
+        out.append(Stage(
+            "teacher-cache", ["teacher-cache"],
+            RUNTIME + SUBSETS + ["teacher", "teacher_load_in_4bit", "bnb_compute_dtype", "teacher_cache",
+                                 "teacher_cache_k", "temperature", "gamma_kl", "recovery_steps", "batch_size"],
+            deps=[*common, f"{lib}/teacher_cache.py", *made], persist=[rel(study.run_dir_cache(p))],
+            extra_params={reg: ["sweeps"]} if reg else {},
+            title=f"Teacher cache: sparse targets of {len(users)} training run(s)"))
+
     for variant in ("distilled", "ce_baseline"):
         out.append(train_stage(p, variant, f"train-{variant}", ["train", variant]))
 
@@ -195,6 +206,12 @@ def train_stage(p: StudyParams, variant: str, name: str, args: list[str]) -> Sta
     keys = RUNTIME + SUBSETS + STUDENT + TRAINER + STUDENT_TRAINING + ["teacher"]
     if vp.uses_teacher:
         keys += ["teacher_load_in_4bit", "bnb_compute_dtype"] + TEACHER_TERMS
+    cache_view = []
+    if vp.uses_teacher_cache:
+        from . import teacher_cache
+
+        keys += ["teacher_cache", "teacher_cache_k", "kd_sparse_tail"]
+        cache_view = [rel(teacher_cache.view_file(study.base_run_dir(vp), vp))]
     report_name = TRAIN_REPORTS[variant]
     files = [f"{report_name}.html", f"token_lengths_{variant}.png", f"loss_components_{variant}.png",
              f"log_history_{variant}.json"]
@@ -202,13 +219,39 @@ def train_stage(p: StudyParams, variant: str, name: str, args: list[str]) -> Sta
         files.append(f"recovery_loss_components_{variant}.png")
     made = [rel(d) for d in base_models_dirs(p)]
     code = [f"{lib}/{m}.py" for m in ("params", "data", "models", "sources", "tiny", "study", "paths", "stage",
-                                      "training", "trainer", "losses", "plots", "runner")]
-    return Stage(name, args, keys, deps=["notebooks/01_distill.py", *code, *made],
+                                      "training", "trainer", "losses", "plots", "runner", "teacher_cache")]
+    return Stage(name, args, keys, deps=["notebooks/01_distill.py", *code, *made, *cache_view],
                  persist=[rel(study.variant_dir(p, variant))],
                  reports=[f"{rep}/{f}" for f in files] + [f"{run}/executed/{report_name}.ipynb"],
                  notebook="01_distill", deps_models=made,
                  title=("Distillation of the student" if variant == "distilled"
                         else "Baseline: the same student trained on CE only"))
+
+
+def cache_users(p: StudyParams) -> list[StudyParams]:
+    """The training runs that read the teacher cache: the run's distilled student and its sweeps' seed runs."""
+    from . import sweep
+
+    users = []
+    main = p.replace(**VARIANT_OVERRIDES["distilled"])
+    if main.uses_teacher_cache:
+        users.append(main)
+    reg = sweep.load_registry(p)
+    for name, entry in reg["sweeps"].items():
+        if "distilled" not in entry["variants"]:
+            continue
+        for seed in entry["seeds"]:
+            sp = sweep.seed_params(p, name, seed, entry["set"]).replace(**VARIANT_OVERRIDES["distilled"])
+            if sp.uses_teacher_cache:
+                users.append(sp)
+    return users
+
+
+def sweep_registry_file(p: StudyParams) -> str | None:
+    from . import sweep
+
+    f = sweep.registry_file(p)
+    return project_relative(f, "sweeps") if f.exists() else None
 
 
 def stage_params(p: StudyParams, stage: str) -> StudyParams:

@@ -114,6 +114,36 @@ def sweep_score_stage(p: StudyParams, name: str, seed: str, model: str, question
     return 0
 
 
+def teacher_cache_stage(p: StudyParams) -> int:
+    """Fill the run's teacher cache for every training run that reads it (the teacher runs once per new example)."""
+    from . import models, study, teacher_cache
+
+    users = pipeline.cache_users(p)
+    models.setup_torch(p.seed, p.torch_threads)
+    device = models.resolve_device(p.device)
+    teacher, tokenizer = study.load_teacher(p, device)
+    stores: dict[Path, dict[str, Any]] = {}
+    for up in users:
+        store = teacher_cache.store_dir(study.base_run_dir(up), up)
+        entry = stores.setdefault(store, {"params": up, "views": {}})
+        entry["views"][up.run_name] = study.training_features(up, tokenizer)
+    kept = set(stores)
+    for old in study.run_dir_cache(p).glob("*/"):
+        if old not in kept:  # settings no run uses any more
+            import shutil
+
+            shutil.rmtree(old)
+    for store, entry in stores.items():
+        up = entry["params"]
+        config = teacher_cache.cache_config(study.teacher_source(up), tokenizer, up.max_length, up.temperature,
+                                            up.teacher_cache, up.teacher_cache_k)
+        t0 = time.perf_counter()
+        report = teacher_cache.fill(store, config, entry["views"], teacher, device, up.batch_size,
+                                    tokenizer.pad_token_id)
+        print(f"{store.name}: {report.line()}; {time.perf_counter() - t0:.1f} s", flush=True)
+    return 0
+
+
 def main(params_path: str, kind: str, *args: str) -> int:
     p = pipeline.read_params(params_path)
     if kind in ("score", "speed"):
@@ -131,6 +161,8 @@ def main(params_path: str, kind: str, *args: str) -> int:
     if kind == "sweep-score":
         name, seed, model, questions = args
         return sweep_score_stage(p, name, seed, model, int(questions))
+    if kind == "teacher-cache":
+        return teacher_cache_stage(p)
     if kind == "sweep-summary":
         from . import sweep
 

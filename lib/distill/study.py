@@ -51,6 +51,11 @@ def base_run_dir(p: StudyParams) -> Path:
     return paths.resolve(p.base_run_dir) if p.base_run_dir else p.run_dir
 
 
+def run_dir_cache(p: StudyParams) -> Path:
+    """The run's teacher cache (every config's store; see teacher_cache)."""
+    return base_run_dir(p) / "teacher_cache"
+
+
 def tuned_teacher_dir(p: StudyParams) -> Path:
     return base_run_dir(p) / "teacher"
 
@@ -175,3 +180,34 @@ def finetune_teacher(p: StudyParams, rows, device: torch.device) -> dict[str, An
         tuned = tuned.merge_and_unload()
     models.atomic_save_pretrained(tuned, tokenizer, tuned_teacher_dir(p))
     return {"log_history": result.log_history, "examples": len(features), "steps": p.teacher_finetune_steps}
+
+
+def encode_training(p: StudyParams, tokenizer, sets: StudyData | None = None) -> dict[str, Any]:
+    """What a training run feeds the student: train and eval examples (data.Encoded) and recovery contexts
+    (features). 01_distill trains on these and the teacher cache holds targets for exactly these."""
+    sets = sets or load_data(p)
+    return {"train": data.encode_examples(sets.train_rows, tokenizer, p.max_length, p.seed),
+            "eval": data.encode_examples(sets.eval_rows, tokenizer, p.max_length, p.seed + 1),
+            "recovery": data.encode_contexts(sets.recovery_rows, tokenizer, p.max_length) if p.recovery_steps else []}
+
+
+def training_features(p: StudyParams, tokenizer) -> list[dict[str, Any]]:
+    enc = encode_training(p, tokenizer)
+    return enc["train"].features + enc["eval"].features + list(enc["recovery"])
+
+
+def cached_targets(p: StudyParams, tokenizer):
+    """The teacher cache view of this training run, checked against the student's tokenizer."""
+    from . import teacher_cache
+
+    targets = teacher_cache.CachedTargets(teacher_cache.view_file(base_run_dir(p), p))
+    if targets.config["vocab"] != len(tokenizer) or \
+            targets.config["tokenizer"] != teacher_cache.tokenizer_digest(tokenizer):
+        raise ValueError(f"{targets.view_path}: the teacher cache was made with another tokenizer (vocab "
+                         f"{targets.config['vocab']}) than the student's ({len(tokenizer)}); distillation needs one "
+                         "vocabulary")
+    if (targets.config["temperature"], targets.config["format"], targets.config["k"], targets.config["max_length"]) != \
+            (float(p.temperature), p.teacher_cache, p.teacher_cache_k, p.max_length):
+        raise teacher_cache.CacheMismatch(f"{targets.view_path}: made at other cache settings than this run's; run "
+                                          "the teacher-cache stage again")
+    return targets

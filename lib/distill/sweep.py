@@ -36,6 +36,7 @@ LOWER_IS_BETTER = {"answer_loss"}
 REFERENCES = ("teacher", "student_before")
 SET_BY_SWEEP = {"run_name", "seed", "output_dir", "deploy_dir", "base_run_dir", "variant"}
 MADE_BY_BASE_RUN = {"student", "model_dtype", "squad_dir", "data_pool_rows"}  # and every teacher* and prune_* key
+CACHE_KEYS = {"teacher_cache", "teacher_cache_k"}  # how the teacher's targets are read, not which teacher
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
 
@@ -56,7 +57,7 @@ def check_setting(name: str, overrides: dict[str, Any]) -> None:
     for key in overrides:
         if key in SET_BY_SWEEP:
             raise ParamsError(f"--set {key}: the sweep sets it (seeds come from --seeds, folders from --name)")
-        if key in MADE_BY_BASE_RUN or key.startswith(("teacher", "prune_")):
+        if key in MADE_BY_BASE_RUN or key.startswith(("teacher", "prune_")) and key not in CACHE_KEYS:
             raise ParamsError(f"--set {key}: a sweep reuses the base run's teacher and pruned student; for another "
                               f"{key}, run a profile with it (python -m distill run ... --set {key}=...) and sweep that")
 
@@ -322,9 +323,14 @@ def write_summary(base: StudyParams, reference: tuple[str, str] = ("default", "c
     fig = plots.seed_scores(recs, f"{base.run_name}: students over seeds ({n} validation questions)")
     plots.save(fig, folder, "seed_scores")
     plt.close(fig)
-    fig = plots.seed_differences(seed_differences(recs, reference), "/".join(reference),
-                                 f"{base.run_name}: each setting minus {'/'.join(reference)}, paired by seed "
-                                 f"({n} validation questions)")
+    if len(diffs):
+        fig = plots.seed_differences(seed_differences(recs, reference), "/".join(reference),
+                                     f"{base.run_name}: each setting minus {'/'.join(reference)}, paired by seed "
+                                     f"({n} validation questions)")
+    else:  # one setting and one variant: nothing to pair yet (the file is still written: the stage declares it)
+        fig, ax = plt.subplots(figsize=(6, 1.5))
+        ax.axis("off")
+        ax.text(0.5, 0.5, f"No pairs yet: only {'/'.join(reference)} was trained", ha="center", va="center")
     plots.save(fig, folder, "paired_differences")
     plt.close(fig)
     return folder / "summary.txt"

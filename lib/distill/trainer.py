@@ -29,6 +29,7 @@ class LossConfig:
     hidden_loss: str = "mse"
     layer_map: list[int] = field(default_factory=list)
     vocab_size: int | None = None  # the shared tokenizer vocabulary; padded embedding rows are sliced off
+    sparse_tail: str = "bucket"  # a sparse (cached) teacher: how the mass outside its kept tokens counts
     # distill_positions "all": distilled positions per answer token over the training set. The KD sum is
     # divided by (answer tokens of the accumulation window x this constant), which is linear in the
     # micro-batches (so accumulation is exact) and close to a per-position mean.
@@ -72,9 +73,7 @@ class DistillationTrainer(Trainer):
         self.teacher = teacher
         self.projection = projection
         self.meter = meter or ComponentMeter()
-        if loss_config.uses_teacher:
-            if teacher is None:
-                raise ValueError("gamma_kl or beta_mse > 0 needs a teacher")
+        if teacher is not None:
             for p in teacher.parameters():
                 p.requires_grad_(False)
             teacher.eval()
@@ -96,18 +95,38 @@ class DistillationTrainer(Trainer):
         terms: dict[str, torch.Tensor] = {}
         if cfg.alpha_ce > 0:
             terms["ce"] = losses.answer_ce(outputs.logits, labels, num_items_in_batch=total_items)
+        # Sparse teacher targets in the batch (a teacher cache: [B, T-1, k], aligned with logits[:, :-1]) replace the
+        # teacher's logits; the teacher then runs only when the hidden-state term needs its states.
+        sparse = "teacher_ids" in inputs
         if cfg.uses_teacher:
-            with torch.no_grad():
-                self.teacher.eval()
-                t_out = self.teacher(input_ids=inputs["input_ids"], attention_mask=attention,
-                                     output_hidden_states=need_hidden, use_cache=False)
+            t_out = None
+            if not sparse or need_hidden:
+                if self.teacher is None:
+                    raise ValueError("gamma_kl or beta_mse > 0 needs a teacher (or, for gamma_kl alone, cached "
+                                     "teacher targets in the batch: teacher_cache)")
+                with torch.no_grad():
+                    self.teacher.eval()
+                    t_out = self.teacher(input_ids=inputs["input_ids"], attention_mask=attention,
+                                         output_hidden_states=need_hidden, use_cache=False)
             if cfg.distill_positions == "answer":
                 kd_mask = target_mask
                 hidden_mask = labels != -100
             else:  # every prediction of a real token, prompt included
                 kd_mask = attention[:, 1:].bool() & attention[:, :-1].bool()
                 hidden_mask = attention.bool()
-            if cfg.gamma_kl > 0:
+            if cfg.gamma_kl > 0 and sparse:
+                per_item = 1.0 if cfg.distill_positions == "answer" else cfg.positions_per_answer_token
+                common = dict(temperature=cfg.temperature, num_items=total_items * per_item,
+                              chunk_size=cfg.kd_chunk_size)
+                if "teacher_counts" in inputs:
+                    terms["kd"] = losses.sampled_kd_divergence(
+                        outputs.logits[:, :-1], inputs["teacher_ids"], inputs["teacher_logprobs"],
+                        inputs["teacher_counts"], kd_mask, **common)
+                else:
+                    terms["kd"] = losses.sparse_kd_divergence(
+                        outputs.logits[:, :-1], inputs["teacher_ids"], inputs["teacher_logprobs"], kd_mask,
+                        kind=cfg.kd_kind, beta=cfg.jsd_beta, tail=cfg.sparse_tail, **common)
+            elif cfg.gamma_kl > 0:
                 per_item = 1.0 if cfg.distill_positions == "answer" else cfg.positions_per_answer_token
                 terms["kd"] = losses.kd_divergence(
                     outputs.logits[:, :-1], t_out.logits[:, :-1].to(outputs.logits.device), kd_mask,

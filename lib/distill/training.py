@@ -45,7 +45,7 @@ def loss_config(p: StudyParams, n_student_layers: int, n_teacher_layers: int, vo
         losses.check_layer_map(layer_map, n_student_layers, n_teacher_layers)
     return LossConfig(alpha_ce=p.alpha_ce, gamma_kl=p.gamma_kl, beta_mse=p.beta_mse, temperature=p.temperature,
                       kd_kind=p.kd_kind, jsd_beta=p.jsd_beta, kd_chunk_size=p.kd_chunk_size or None,
-                      distill_positions=p.distill_positions,
+                      distill_positions=p.distill_positions, sparse_tail=p.kd_sparse_tail,
                       hidden_loss=p.hidden_loss, layer_map=layer_map, vocab_size=vocab_size)
 
 
@@ -85,12 +85,13 @@ def training_args(p: StudyParams, output_dir: Path, max_steps: int, learning_rat
 
 def train(p: StudyParams, student, tokenizer, train_features, eval_features, output_dir: Path, *,
           teacher=None, cfg: LossConfig, max_steps: int | None = None, learning_rate: float | None = None,
-          projection=None, inputs: tuple[str, ...] = ()) -> TrainResult:
+          projection=None, inputs: tuple[str, ...] = (), teacher_targets=None) -> TrainResult:
     """Train `student` (LoRA or full) with the composite loss; keep and save the best checkpoint.
 
     A killed run resumes from its last complete checkpoint (optimizer, scheduler, RNG and data order
     restored by the Trainer) when that checkpoint was made with the same settings from the same input
     model folders (`inputs`); otherwise old checkpoints are removed and training starts over.
+    `teacher_targets` (a teacher_cache.CachedTargets) puts the cached sparse targets into every batch.
     """
     output_dir = Path(output_dir)
     if cfg.beta_mse > 0 and projection is None:
@@ -110,13 +111,18 @@ def train(p: StudyParams, student, tokenizer, train_features, eval_features, out
         params += list(projection.parameters())
     optimizer = torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=args.weight_decay)
     meter = ComponentMeter()
+    collator = TrainCollator(tokenizer.pad_token_id)
+    if teacher_targets is not None and cfg.gamma_kl > 0:
+        from .teacher_cache import CachedTeacherCollator
+
+        collator = CachedTeacherCollator(collator, teacher_targets)
     callbacks = [ComponentLogCallback(meter)]
     if projection is not None and cfg.beta_mse > 0:
         callbacks.append(ProjectionCheckpointCallback(projection))
     trainer = DistillationTrainer(
         model=student, args=args, train_dataset=ListDataset(train_features),
         eval_dataset=ListDataset(eval_features) if eval_features else None,
-        data_collator=TrainCollator(tokenizer.pad_token_id), teacher=teacher, loss_config=cfg,
+        data_collator=collator, teacher=teacher, loss_config=cfg,
         projection=projection if cfg.beta_mse > 0 else None, meter=meter, callbacks=callbacks,
         optimizers=(optimizer, None))
     if resume is not None:

@@ -1,0 +1,143 @@
+"""What one distillation step costs next to a CE step, on a profile's own teacher, pruned student and a real batch.
+
+Side by side in one run, each kind in a fresh process (so each peak RSS is its own), the median of
+--steps timed steps after one warm-up:
+  ce_step            the CE-only student's step (forward, loss, backward, optimizer)
+  teacher_forward    the teacher's forward alone (no_grad), what a live teacher adds at least
+  kd_live_step       the distillation step with the live dense teacher, as the profile trains it
+  kd_cached_step     the distillation step from sparse teacher targets (top-k at the profile's temperature,
+                     as a teacher cache would hold them), no teacher forward (beta_mse 0: no hidden states)
+  kd_cached_live_hidden_step  the same with the profile's hidden-state term, the teacher run live for its states
+It prints the ratios and writes reports/<run>/step_cost.json. Needs the run's teacher and student (make study).
+Run: make bench-step   (or python benchmarks/step_cost.py params/<profile>.yaml)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+KINDS = ("ce_step", "teacher_forward", "kd_live_step", "kd_cached_step", "kd_cached_live_hidden_step")
+
+
+def measure(profile: str, kind: str, steps: int, k: int) -> dict:
+    import torch
+
+    from distill import data, losses, models, params, study, training
+    from distill.trainer import DistillationTrainer
+
+    p = params.load(profile)
+    models.setup_torch(p.seed, p.torch_threads)
+    device = models.resolve_device(p.device)
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    teacher, tok = study.load_teacher(p, device)
+    student, _ = study.load_student(p, device)
+    n_student, n_teacher = len(models.decoder_layers(student)), len(models.decoder_layers(teacher))
+    pruned_from = getattr(student.config, "pruned_from_layers", None)
+    vocab = models.check_vocab_compatible(tok, tok, teacher, student)
+    rows = study.load_data(p).train_rows[: p.batch_size]
+    feats = data.encode_examples(rows, tok, p.max_length, p.seed).features
+    batch = {k_: v.to(device) for k_, v in data.TrainCollator(tok.pad_token_id)(feats).items()}
+    tokens = int(batch["attention_mask"].sum())
+    if kind == "ce_step":
+        lp = p.replace(gamma_kl=0.0, beta_mse=0.0)
+    elif kind == "kd_cached_step":
+        lp = p.replace(beta_mse=0.0)
+    else:
+        lp = p
+    cfg = training.loss_config(lp, n_student, n_teacher, vocab, pruned_from)
+    cfg.positions_per_answer_token = training.positions_per_answer_token(feats)
+    projection = None
+    if cfg.beta_mse > 0:
+        projection = losses.HiddenProjection(student.config.hidden_size, teacher.config.hidden_size).to(device)
+    student = models.apply_lora(student, p.lora_r, p.lora_alpha, p.lora_dropout, p.lora_target_modules or None)
+    student.train()
+    trainable = [q for q in student.parameters() if q.requires_grad] + (list(projection.parameters()) if projection
+                                                                        else [])
+    optimizer = torch.optim.AdamW(trainable, lr=p.learning_rate)
+    args = training.training_args(p, Path("/tmp/step_cost_unused"), 1, p.learning_rate, evaluate=False)
+    trainer = DistillationTrainer(model=student, args=args, teacher=teacher if cfg.uses_teacher else None,
+                                  loss_config=cfg, projection=projection)
+    inputs = dict(batch)
+    cache_bytes = 0
+    if kind.startswith("kd_cached"):  # the sparse targets a cache would hold for this batch, made once, untimed
+        with torch.no_grad():
+            logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                             use_cache=False).logits[:, :-1, :vocab]
+            logprobs = torch.log_softmax(logits.float() / p.temperature, -1)
+            top = torch.topk(logprobs, k, dim=-1)
+        inputs["teacher_ids"] = top.indices.to(torch.int32)
+        inputs["teacher_logprobs"] = top.values.to(torch.float16)
+        cache_bytes = k * (4 + 2)  # int32 id + fp16 log-probability per kept token and position
+        del logits, logprobs
+
+    def one_step() -> None:
+        if kind == "teacher_forward":
+            with torch.no_grad():
+                teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+            return
+        loss = trainer.compute_loss(student, inputs)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    one_step()  # warm-up
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        one_step()
+        times.append(time.perf_counter() - start)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"kind": kind, "median_s": statistics.median(times), "times_s": times, "peak_rss_mb": peak,
+            "rss_before_models_mb": rss0, "tokens": tokens, "batch_size": p.batch_size, "k": k,
+            "cache_bytes_per_token": cache_bytes, "run_name": p.run_name, "threads": torch.get_num_threads()}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("params", nargs="?", default="params/smollm2-135m_to_pruned24_cpu.yaml")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per kind (median reported)")
+    parser.add_argument("--k", type=int, default=16, help="kept teacher tokens per position for the cached step")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(measure(args.params, args.one, args.steps, args.k)))
+        return 0
+    out = {}
+    for kind in KINDS:
+        res = subprocess.run([sys.executable, __file__, args.params, "--steps", str(args.steps), "--k", str(args.k),
+                              "--one", kind], capture_output=True, text=True)
+        if res.returncode != 0:
+            print(res.stderr[-3000:], file=sys.stderr)
+            return 1
+        out[kind] = json.loads(res.stdout.strip().splitlines()[-1])
+        print(f"{kind:28} median {out[kind]['median_s']:7.3f} s   peak RSS {out[kind]['peak_rss_mb']:7.0f} MB", flush=True)
+    ce, fwd = out["ce_step"]["median_s"], out["teacher_forward"]["median_s"]
+    live, cached = out["kd_live_step"]["median_s"], out["kd_cached_step"]["median_s"]
+    summary = {"ce_step_s": ce, "teacher_forward_s": fwd, "kd_live_step_s": live, "kd_cached_step_s": cached,
+               "kd_cached_live_hidden_step_s": out["kd_cached_live_hidden_step"]["median_s"],
+               "cache_bytes_per_token": out["kd_cached_step"]["cache_bytes_per_token"],
+               "live_vs_ce_plus_teacher": live / (ce + fwd), "cached_vs_ce": cached / ce, "live_vs_ce": live / ce,
+               "goals": {"kd_live_step_s <= 1.10 x (ce_step_s + teacher_forward_s)": live <= 1.10 * (ce + fwd),
+                         "kd_cached_step_s <= 1.05 x ce_step_s": cached <= 1.05 * ce},
+               "peak_rss_mb": {k_: v["peak_rss_mb"] for k_, v in out.items()}, "details": out}
+    print(f"\nkd_live / (ce + teacher forward) = {summary['live_vs_ce_plus_teacher']:.2f}x   (goal <= 1.10)")
+    print(f"kd_cached / ce                    = {summary['cached_vs_ce']:.2f}x   (goal <= 1.05)")
+    print(f"kd_live / ce                      = {summary['live_vs_ce']:.2f}x")
+    print(f"cache bytes per token (k = {args.k}): {summary['cache_bytes_per_token']}")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
+    from distill import params, paths
+
+    report = params.load(args.params).report_dir / "step_cost.json"
+    paths.write_text_atomic(report, json.dumps(summary, indent=1))
+    print(f"wrote {report}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""The teacher cache: filled once per example, reused, checked, and equal to the live teacher's sparse targets."""
+import json
+
+import pytest
+import torch
+
+from distill import data, losses, models, params, teacher_cache, training
+from distill.trainer import DistillationTrainer
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_paths, squad_dir):
+    tok = models.load_tokenizer(str(tiny_paths[0]))
+    rows = data.load_squad("train", str(squad_dir), pool_rows=40)
+    feats = data.encode_examples(rows, tok, 96, seed=0).features
+    teacher = models.freeze(models.load_model(str(tiny_paths[0])))
+    return tiny_paths, tok, feats, teacher
+
+
+def config(tiny_paths, tok, fmt="topk", k=8, temperature=2.0):
+    return teacher_cache.cache_config(str(tiny_paths[0]), tok, 96, temperature, fmt, k)
+
+
+def test_fill_reuses_examples_and_writes_one_view_per_training_run(setup, tmp_path):
+    paths_, tok, feats, teacher = setup
+    store = tmp_path / "store"
+    cfg = config(paths_, tok)
+    first = teacher_cache.fill(store, cfg, {"run_a": feats[:10]}, teacher, "cpu", 4, tok.pad_token_id)
+    assert first.computed_positions == sum(len(f["input_ids"]) - 1 for f in feats[:10])
+    assert first.cached_positions == 0 and first.bytes_per_token > 8 * 6 * 0.9
+    view_a = (store / "views" / "run_a.json").read_text()
+    calls = []
+    hook = teacher.register_forward_hook(lambda module, args, kwargs, out: calls.append(kwargs["input_ids"].shape[0]),
+                                         with_kwargs=True)
+    try:
+        second = teacher_cache.fill(store, cfg, {"run_a": feats[:10], "run_b": feats[5:15]}, teacher, "cpu", 4,
+                                    tok.pad_token_id)
+    finally:
+        hook.remove()
+    assert second.cached_positions == first.computed_positions  # every example of run_a came from the cache
+    assert second.computed_positions == sum(len(f["input_ids"]) - 1 for f in feats[10:15])
+    assert calls == [4, 1]  # the teacher ran on the 5 new examples only
+    assert (store / "views" / "run_a.json").read_text() == view_a  # earlier training stays up to date
+    assert json.loads((store / "views" / "run_b.json").read_text())["run"] == "run_b"
+
+
+def test_cached_targets_equal_the_live_teachers_top_k(setup, tmp_path):
+    paths_, tok, feats, teacher = setup
+    store = tmp_path / "store"
+    teacher_cache.fill(store, config(paths_, tok), {"r": feats[:4]}, teacher, "cpu", 2, tok.pad_token_id)
+    cached = teacher_cache.CachedTargets(store / "views" / "r.json")
+    f = feats[2]
+    with torch.no_grad():
+        logits = teacher(input_ids=torch.tensor([f["input_ids"]])).logits[0, :-1, :len(tok)]
+    live = torch.topk(torch.log_softmax(logits / 2.0, -1), 8, dim=-1)
+    got = cached.lookup(f["input_ids"])
+    assert torch.equal(got["ids"].long(), live.indices)
+    assert torch.allclose(got["logprobs"].float(), live.values, atol=2e-3)  # fp16 storage
+    with pytest.raises(KeyError, match="not in the teacher cache"):
+        cached.lookup([1, 2, 3])
+
+
+def test_sampled_targets_hold_counts_of_k_draws(setup, tmp_path):
+    paths_, tok, feats, teacher = setup
+    store = tmp_path / "store"
+    teacher_cache.fill(store, config(paths_, tok, fmt="sampled", k=12), {"r": feats[:3]}, teacher, "cpu", 2,
+                       tok.pad_token_id)
+    got = teacher_cache.CachedTargets(store / "views" / "r.json").lookup(feats[0]["input_ids"])
+    assert set(got) == {"ids", "logprobs", "counts"}
+    assert (got["counts"].long().sum(-1) == 12).all()
+    nonzero = got["counts"] > 0
+    assert all(len(set(r[m].tolist())) == int(m.sum()) for r, m in zip(got["ids"], nonzero))  # distinct drawn ids
+
+
+def test_another_config_rebuilds_and_a_corrupt_shard_is_detected_and_recomputed(setup, tmp_path):
+    paths_, tok, feats, teacher = setup
+    store = tmp_path / "store"
+    teacher_cache.fill(store, config(paths_, tok), {"r": feats[:4]}, teacher, "cpu", 2, tok.pad_token_id)
+    logs = []
+    again = teacher_cache.fill(store, config(paths_, tok, temperature=1.0), {"r": feats[:4]}, teacher, "cpu", 2,
+                               tok.pad_token_id, log=logs.append)
+    assert again.cached_positions == 0 and any("other temperature" in line for line in logs)
+    shard = next((store / "shards").glob("*.safetensors"))
+    with pytest.raises(teacher_cache.CacheMismatch, match="other temperature"):
+        teacher_cache.CachedTargets(store / "views" / "r.json", expected=config(paths_, tok))
+    shard.write_bytes(shard.read_bytes()[:100])  # truncated
+    with pytest.raises(teacher_cache.CacheMismatch, match="truncated or corrupt"):
+        teacher_cache.CachedTargets(store / "views" / "r.json")
+    fixed = teacher_cache.fill(store, config(paths_, tok, temperature=1.0), {"r": feats[:4]}, teacher, "cpu", 2,
+                               tok.pad_token_id)
+    assert fixed.computed_positions == again.computed_positions and fixed.cached_positions == 0
+    teacher_cache.CachedTargets(store / "views" / "r.json").lookup(feats[0]["input_ids"])
+
+
+def test_a_step_from_the_cache_runs_no_teacher_and_gives_the_sparse_loss(setup, tmp_path):
+    (t_path, s_path), tok, feats, teacher = setup
+    store = tmp_path / "store"
+    teacher_cache.fill(store, config((t_path, s_path), tok), {"r": feats[:4]}, teacher, "cpu", 4, tok.pad_token_id)
+    cached = teacher_cache.CachedTargets(store / "views" / "r.json")
+    p = params.from_mapping(dict(run_name="t", gamma_kl=1.0, beta_mse=0.0, teacher_cache="topk", teacher_cache_k=8,
+                                 temperature=2.0))
+    student = models.load_model(str(s_path))
+    cfg = training.loss_config(p, 2, 4, len(tok))
+    collator = teacher_cache.CachedTeacherCollator(data.TrainCollator(tok.pad_token_id), cached)
+    batch = collator(feats[:4])
+    assert batch["teacher_ids"].shape == (*batch["input_ids"].shape[:1], batch["input_ids"].shape[1] - 1, 8)
+    trainer = DistillationTrainer(model=student, args=training.training_args(p, tmp_path / "x", 1, 1e-3,
+                                                                             evaluate=False),
+                                  teacher=None, loss_config=cfg)
+    student.train()
+    loss = trainer.compute_loss(student, batch)
+    logged = trainer.meter.pop("train", 1)
+    with torch.no_grad():
+        t_logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+        s_logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    top = torch.topk(torch.log_softmax(t_logits / 2.0, -1), 8, -1)
+    kd_mask = batch["attention_mask"][:, 1:].bool() & batch["attention_mask"][:, :-1].bool()
+    answers = int((batch["labels"][:, 1:] != -100).sum())
+    want = losses.sparse_kd_divergence(s_logits, top.indices, top.values.half().float(), kd_mask, temperature=2.0,
+                                       num_items=answers * cfg.positions_per_answer_token)
+    assert logged["kd"] == pytest.approx(float(want), rel=1e-3)
+    assert torch.isfinite(loss)
