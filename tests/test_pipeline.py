@@ -149,3 +149,18 @@ def test_a_cached_teacher_adds_a_cache_stage_that_only_the_distilled_student_rea
     assert {"temperature", "teacher_cache_k"} <= set(s["teacher-cache"].params)
     assert s["teacher-cache"].persist == ["artifacts/smoke/teacher_cache"]
     assert "teacher-cache" not in stage_map(_in_project(params.load("params/smoke.yaml")))
+
+
+def test_a_stage_ends_when_its_run_is_killed():
+    """kill -9 of a run must not leave its stage (and the stage's kernel) running, holding outputs and CPU."""
+    import time
+
+    run = subprocess.Popen(["sleep", "60"])
+    stage = subprocess.Popen([sys.executable, "-c", "from distill import pipeline; import time; "
+                              "pipeline.die_with_run(); time.sleep(60)"],
+                             env={**__import__("os").environ, pipeline.RUN_PID_ENV: str(run.pid)})
+    time.sleep(1.5)
+    assert stage.poll() is None  # alive while its run is
+    run.kill()
+    run.wait()
+    assert stage.wait(timeout=10) == 137

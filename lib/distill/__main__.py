@@ -63,8 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "sweep":
         return _sweep(args)
     if args.command == "stage":
+        from .pipeline import die_with_run
         from .stage import main as stage_main
 
+        die_with_run()
         return stage_main(args.params_file, args.kind, *args.args)
     try:
         p = load(args.params, overrides=args.set)
@@ -87,9 +89,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         dvc_args = ["status"] if args.command == "status" else ["dag", "--md"]
         return pipeline.dvc(*dvc_args, str(dvcfile.relative_to(pipeline.paths.PROJECT_ROOT))).returncode
-    from .pipeline import RunLocked
+    from .pipeline import RunLocked, die_with_parent
     from .runner import run_study
 
+    die_with_parent(only_if_parent_is="make")  # kill -9 of `make study` ends the run, its DVC and its stages too
     only = [s for s in args.only.split(",") if s]
     try:
         return run_study(p, only=only or None, force=args.force)

@@ -341,12 +341,59 @@ class RunLocked(RuntimeError):
     pass
 
 
+RUN_PID_ENV = "DISTILL_RUN_PID"
+
+
 def dvc_env() -> dict[str, str]:
     """The stage commands say `python`: make it this interpreter (the project's .venv), whatever PATH says."""
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env.setdefault("PYTHONUNBUFFERED", "1")
+    env[RUN_PID_ENV] = str(os.getpid())  # a stage ends itself when this run is gone (see die_with_run)
     return env
+
+
+def die_with_parent(only_if_parent_is: str | None = None) -> None:
+    """Linux: this process gets SIGKILL when its parent dies (a killed `make study` takes its run along).
+
+    `only_if_parent_is` limits that to a parent of that name: a run started from `make` is make's job and dies
+    with it, while one started from a shell with nohup must outlive the shell.
+    """
+    if only_if_parent_is is not None:
+        try:
+            if Path(f"/proc/{os.getppid()}/comm").read_text().strip() != only_if_parent_is:
+                return
+        except OSError:
+            return
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+
+
+def die_with_run() -> None:
+    """A stage started by a run (through DVC and its shell) ends as soon as that run process is gone, so a killed
+    run leaves nothing behind that holds its outputs or the CPU; its kernel follows (ipykernel polls its parent)."""
+    pid = int(os.environ.get(RUN_PID_ENV, "0") or 0)
+    if not pid:
+        return
+    import threading
+    import time
+
+    def watch() -> None:
+        while True:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                os._exit(137)
+            except PermissionError:
+                pass
+            time.sleep(0.5)
+    threading.Thread(target=watch, daemon=True, name="die-with-run").start()
 
 
 def dvc(*args: str, check: bool = False, capture: bool = False) -> subprocess.CompletedProcess:
@@ -354,7 +401,7 @@ def dvc(*args: str, check: bool = False, capture: bool = False) -> subprocess.Co
     if exe is None:
         raise RuntimeError("dvc is not installed in this environment; run `make setup`")
     return subprocess.run([exe, *args], cwd=paths.PROJECT_ROOT, env=dvc_env(), check=check, text=True,
-                          capture_output=capture)
+                          capture_output=capture, preexec_fn=die_with_parent)
 
 
 def ensure_dvc_repo() -> None:
