@@ -206,8 +206,9 @@ def cached_targets(p: StudyParams, tokenizer):
         raise ValueError(f"{targets.view_path}: the teacher cache was made with another tokenizer (vocab "
                          f"{targets.config['vocab']}) than the student's ({len(tokenizer)}); distillation needs one "
                          "vocabulary")
-    if (targets.config["temperature"], targets.config["format"], targets.config["k"], targets.config["max_length"]) != \
-            (float(p.temperature), p.teacher_cache, p.teacher_cache_k, p.max_length):
+    if (targets.config["temperature"], targets.config["format"], targets.config["k"], targets.config["max_length"],
+            targets.config.get("positions", "all")) != \
+            (float(p.temperature), p.teacher_cache, p.teacher_cache_k, p.max_length, p.distill_positions):
         raise teacher_cache.CacheMismatch(f"{targets.view_path}: made at other cache settings than this run's; run "
                                           "the teacher-cache stage again")
     return targets
