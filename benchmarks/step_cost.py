@@ -3,11 +3,15 @@
 Side by side in one run, each kind in a fresh process (so each peak RSS is its own), the median of
 --steps timed steps after one warm-up:
   ce_step            the CE-only student's step (forward, loss, backward, optimizer)
-  teacher_forward    the teacher's forward alone (no_grad), what a live teacher adds at least
-  kd_live_step       the distillation step with the live dense teacher, as the profile trains it
-  kd_cached_step     the distillation step from sparse teacher targets (top-k at the profile's temperature,
-                     as a teacher cache would hold them), no teacher forward (beta_mse 0: no hidden states)
-  kd_cached_live_hidden_step  the same with the profile's hidden-state term, the teacher run live for its states
+  teacher_forward    the teacher's forward alone (no_grad, logits at the rows the divergence reads), what a
+                     live teacher adds at least
+  kd_live_step       the distillation step with the live dense teacher (teacher_cache none), the profile's
+                     other settings
+  kd_cached_step     the distillation step from sparse teacher targets (the profile's teacher_cache format
+                     and k, top-k 16 if it has none, at its temperature), no teacher forward (beta_mse 0)
+  kd_cached_live_hidden_step  the same plus a hidden-state term (the profile's beta_mse, 0.1 if it has
+                     none), the teacher run live for its states
+Every step projects onto the vocabulary only at the rows its losses read (distill_positions).
 It prints the ratios and writes reports/<run>/step_cost.json. Needs the run's teacher and student (make study).
 Run: make bench-step   (or python benchmarks/step_cost.py params/<profile>.yaml)
 """
@@ -28,7 +32,7 @@ KINDS = ("ce_step", "teacher_forward", "kd_live_step", "kd_cached_step", "kd_cac
 def measure(profile: str, kind: str, steps: int, k: int) -> dict:
     import torch
 
-    from distill import data, losses, models, params, study, training
+    from distill import data, losses, models, params, study, teacher_cache, training
     from distill.trainer import DistillationTrainer
 
     p = params.load(profile)
@@ -48,6 +52,8 @@ def measure(profile: str, kind: str, steps: int, k: int) -> dict:
         lp = p.replace(gamma_kl=0.0, beta_mse=0.0)
     elif kind == "kd_cached_step":
         lp = p.replace(beta_mse=0.0)
+    elif kind == "kd_cached_live_hidden_step":
+        lp = p.replace(beta_mse=p.beta_mse or 0.1)
     else:
         lp = p
     cfg = training.loss_config(lp, n_student, n_teacher, vocab, pruned_from)
@@ -65,21 +71,32 @@ def measure(profile: str, kind: str, steps: int, k: int) -> dict:
                                   loss_config=cfg, projection=projection)
     inputs = dict(batch)
     cache_bytes = 0
+    fmt = p.teacher_cache if p.teacher_cache != "none" else "topk"
     if kind.startswith("kd_cached"):  # the sparse targets a cache would hold for this batch, made once, untimed
         with torch.no_grad():
             logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                              use_cache=False).logits[:, :-1, :vocab]
-            logprobs = torch.log_softmax(logits.float() / p.temperature, -1)
-            top = torch.topk(logprobs, k, dim=-1)
-        inputs["teacher_ids"] = top.indices.to(torch.int32)
-        inputs["teacher_logprobs"] = top.values.to(torch.float16)
-        cache_bytes = k * (4 + 2)  # int32 id + fp16 log-probability per kept token and position
-        del logits, logprobs
+            flat = logits.reshape(-1, logits.shape[-1])
+            targets = teacher_cache.sparse_targets(flat, p.temperature, fmt, k, torch.Generator().manual_seed(0))
+        shape = (*logits.shape[:2], k)
+        inputs["teacher_ids"] = targets["ids"].long().reshape(shape)
+        inputs["teacher_logprobs"] = targets["logprobs"].float().reshape(shape)
+        if "counts" in targets:
+            inputs["teacher_counts"] = targets["counts"].float().reshape(shape)
+        # per stored position: int32 ids + fp16 log-probabilities (+ int16 counts when sampled)
+        cache_bytes = sum(t.element_size() * k for t in targets.values())
+        del logits, flat
+    if p.distill_positions == "answer":
+        kd_rows = torch.cat([batch["labels"][:, 1:] != -100, torch.zeros_like(batch["labels"][:, :1], dtype=torch.bool)], 1)
+    else:
+        real = batch["attention_mask"].bool()
+        kd_rows = torch.cat([real[:, 1:] & real[:, :-1], torch.zeros_like(real[:, :1])], 1)
 
     def one_step() -> None:
         if kind == "teacher_forward":
             with torch.no_grad():
-                teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+                teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=kd_rows,
+                        use_cache=False)
             return
         loss = trainer.compute_loss(student, inputs)
         loss.backward()
@@ -94,7 +111,8 @@ def measure(profile: str, kind: str, steps: int, k: int) -> dict:
         times.append(time.perf_counter() - start)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"kind": kind, "median_s": statistics.median(times), "times_s": times, "peak_rss_mb": peak,
-            "rss_before_models_mb": rss0, "tokens": tokens, "batch_size": p.batch_size, "k": k,
+            "rss_before_models_mb": rss0, "tokens": tokens, "batch_size": p.batch_size, "k": k, "format": fmt,
+            "distill_positions": p.distill_positions, "kd_rows": int(kd_rows.sum()),
             "cache_bytes_per_token": cache_bytes, "run_name": p.run_name, "threads": torch.get_num_threads()}
 
 
@@ -102,9 +120,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("params", nargs="?", default="params/smollm2-135m_to_pruned24_cpu.yaml")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per kind (median reported)")
-    parser.add_argument("--k", type=int, default=16, help="kept teacher tokens per position for the cached step")
+    parser.add_argument("--k", type=int, help="kept teacher tokens per position for the cached step "
+                        "(default: the profile's teacher_cache_k)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.k is None:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
+        from distill import params
+
+        args.k = params.load(args.params).teacher_cache_k
     if args.one:
         print(json.dumps(measure(args.params, args.one, args.steps, args.k)))
         return 0

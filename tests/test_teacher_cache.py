@@ -66,7 +66,7 @@ def test_sampled_targets_hold_counts_of_k_draws(setup, tmp_path):
     teacher_cache.fill(store, config(paths_, tok, fmt="sampled", k=12), {"r": feats[:3]}, teacher, "cpu", 2,
                        tok.pad_token_id)
     got = teacher_cache.CachedTargets(store / "views" / "r.json").lookup(feats[0]["input_ids"])
-    assert set(got) == {"ids", "logprobs", "counts"}
+    assert set(got) == {"ids", "logprobs", "counts", "first_row"} and got["first_row"] == 0
     assert (got["counts"].long().sum(-1) == 12).all()
     nonzero = got["counts"] > 0
     assert all(len(set(r[m].tolist())) == int(m.sum()) for r, m in zip(got["ids"], nonzero))  # distinct drawn ids
@@ -120,3 +120,26 @@ def test_a_step_from_the_cache_runs_no_teacher_and_gives_the_sparse_loss(setup, 
                                        num_items=answers * cfg.positions_per_answer_token)
     assert logged["kd"] == pytest.approx(float(want), rel=1e-3)
     assert torch.isfinite(loss)
+
+
+def test_an_answer_only_cache_stores_the_answer_rows_and_places_them_back(setup, tmp_path):
+    """positions "answer": only the rows that predict answer tokens are stored (and projected), and the collator
+    puts them at their rows; they equal the all-rows cache's targets there."""
+    paths_, tok, feats, teacher = setup
+    every = tmp_path / "every"
+    teacher_cache.fill(every, config(paths_, tok), {"r": feats[:4]}, teacher, "cpu", 2, tok.pad_token_id)
+    answers = tmp_path / "answers"
+    cfg = teacher_cache.cache_config(str(paths_[0]), tok, 96, 2.0, "topk", 8, positions="answer")
+    report = teacher_cache.fill(answers, cfg, {"r": feats[:4]}, teacher, "cpu", 2, tok.pad_token_id)
+    answer_rows = [sum(1 for t in f["labels"][1:] if t != -100) for f in feats[:4]]
+    assert report.computed_positions >= sum(answer_rows)
+    assert report.computed_positions < sum(len(f["input_ids"]) - 1 for f in feats[:4]) / 3
+    collate = lambda store: teacher_cache.CachedTeacherCollator(  # noqa: E731
+        data.TrainCollator(tok.pad_token_id), teacher_cache.CachedTargets(store / "views" / "r.json"))(feats[:4])
+    full, sparse = collate(every), collate(answers)
+    rows = sparse["labels"][:, 1:] != -100
+    assert int(rows.sum()) == sum(answer_rows)
+    assert torch.equal(sparse["teacher_ids"][rows], full["teacher_ids"][rows])
+    assert torch.allclose(sparse["teacher_logprobs"][rows], full["teacher_logprobs"][rows], atol=2e-3)
+    with pytest.raises(ValueError, match="positions"):
+        teacher_cache.cache_config(str(paths_[0]), tok, 96, 2.0, "topk", 8, positions="prompt")

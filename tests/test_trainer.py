@@ -166,3 +166,36 @@ def test_eval_loss_is_the_answer_ce_for_every_variant(setup, tmp_path):
     assert float(trained) != pytest.approx(float(ce), rel=1e-3)
     logged = trainer.meter.pop("eval", 1)
     assert logged["ce"] == pytest.approx(float(ce), rel=1e-5) and logged["weighted_ce"] == 0.0 and logged["kd"] > 0
+
+
+@pytest.mark.parametrize("positions", ["answer", "all"])
+def test_logits_only_at_the_rows_a_loss_reads_give_the_full_logits_loss(setup, tmp_path, positions):
+    """compute_loss projects only the rows its terms read; its loss equals the pure functions on full logits."""
+    p, teacher, student, tok, train, evalf, cfg, proj = make(setup, tmp_path, beta_mse=0.0, distill_positions=positions)
+    cfg.positions_per_answer_token = 1.3
+    trainer = DistillationTrainer(model=student, args=training.training_args(p, tmp_path / "x", 1, 1e-3, evaluate=False),
+                                  teacher=teacher, loss_config=cfg)
+    batch = data.TrainCollator(tok.pad_token_id)(train[:4])
+    student.train()
+    projected_rows = []
+    student.get_output_embeddings().register_forward_hook(
+        lambda mod, args, out: projected_rows.append(args[0].reshape(-1, args[0].shape[-1]).shape[0]))
+    loss = trainer.compute_loss(student, batch)
+
+    labels, attention = batch["labels"], batch["attention_mask"]
+    with torch.no_grad():
+        s_full = student(input_ids=batch["input_ids"], attention_mask=attention).logits
+        t_full = teacher(input_ids=batch["input_ids"], attention_mask=attention).logits
+    answer = labels[:, 1:] != -100
+    real = attention[:, 1:].bool() & attention[:, :-1].bool()
+    kd_mask = answer if positions == "answer" else real
+    n_items = int(answer.sum())
+    per_item = 1.0 if positions == "answer" else 1.3
+    expected = losses.answer_ce(s_full, labels) + losses.kd_divergence(
+        s_full[:, :-1], t_full[:, :-1], kd_mask, temperature=cfg.temperature, num_items=n_items * per_item,
+        vocab_size=len(tok))
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+    # the vocabulary projection ran on the kept rows only, far fewer than B x T when only answers are read
+    assert projected_rows[0] == int(kd_mask.sum())
+    if positions == "answer":
+        assert projected_rows[0] < labels.numel() / 3

@@ -1,10 +1,8 @@
-"""Command line: `python -m distill run|validate|sweep|params|bench-model` (see `--help`)."""
+"""Command line: `python -m distill run|validate|pipeline|status|dag|sweep|params|stage` (see `--help`)."""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,9 +41,6 @@ def main(argv: list[str] | None = None) -> int:
     stage.add_argument("params_file", help="pipelines/<run>/params.yaml")
     stage.add_argument("kind", help="teacher, train, merge, score, speed or report")
     stage.add_argument("args", nargs="*", help="the variant (train), model (score, speed), or a sweep stage's arguments")
-    bench = sub.add_parser("bench-model", help="(internal) benchmark one model in this process")
-    bench.add_argument("spec")
-    bench.add_argument("out")
     args = parser.parse_args(argv)
 
     from .params import ParamsError, help_table, load
@@ -53,12 +48,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "params":
         for name, kind, default, text in help_table():
             print(f"{name:30} {kind:28} default {default!r:22} {text}")
-        return 0
-    if args.command == "bench-model":
-        from .benchmark import run_model_benchmark
-
-        result = run_model_benchmark(json.loads(Path(args.spec).read_text()))
-        Path(args.out).write_text(json.dumps(result))
         return 0
     if args.command == "sweep":
         return _sweep(args)

@@ -1,16 +1,12 @@
-"""Generation, scoring and timing of one model; each benchmarked model runs in its own process.
+"""Generation, scoring and timing of one model.
 
-A model's peak resident memory on the CPU is only honest when nothing else lives in the process,
-so `benchmark_in_subprocess` runs `python -m distill bench-model` per model and reads its report.
+A model's peak resident memory on the CPU is only honest when nothing else lives in the process, so
+the pipeline's speed stages (`python -m distill stage <params> speed <model>`) each time one model.
 """
 from __future__ import annotations
 
 import json
-import os
 import resource
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -114,7 +110,7 @@ def peak_rss_mb() -> float:
 
 
 def run_model_benchmark(spec: dict[str, Any]) -> dict[str, Any]:
-    """What `python -m distill bench-model` does for one model (in a fresh process)."""
+    """Load, time (and optionally score) one model: a speed stage, in a process of its own."""
     from .models import count_params, folder_size_mb, load_model, load_tokenizer, resolve_device, setup_torch
 
     setup_torch(spec["seed"], spec.get("threads", 0))
@@ -148,18 +144,6 @@ def run_model_benchmark(spec: dict[str, Any]) -> dict[str, Any]:
         result["peak_memory_mb"] = peak_rss_mb()
         result["peak_memory_kind"] = "peak RSS of a process running only this model"
     return result
-
-
-def benchmark_in_subprocess(spec: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as tmp:
-        spec_file, out_file = Path(tmp, "spec.json"), Path(tmp, "result.json")
-        spec_file.write_text(json.dumps(spec))
-        cmd = [sys.executable, "-m", "distill", "bench-model", str(spec_file), str(out_file)]
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ})
-        if res.returncode != 0:
-            tail = "\n".join(res.stderr.strip().splitlines()[-15:])
-            raise RuntimeError(f"benchmark of {spec['name']} failed (exit {res.returncode}):\n{tail}")
-        return json.loads(out_file.read_text())
 
 
 def quantized_disk_mb(model) -> float:

@@ -38,14 +38,26 @@ def answer_ce(logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch=Non
     if logits.dim() != 3 or labels.shape != logits.shape[:2]:
         raise ValueError(f"answer_ce: logits {tuple(logits.shape)} and labels {tuple(labels.shape)}; "
                          "expected [B, T, V] and [B, T]")
-    target = labels[:, 1:].to(logits.device)
-    valid = target != -100
+    return token_ce(logits[:, :-1], labels[:, 1:], num_items_in_batch)
+
+
+def token_ce(logits: torch.Tensor, targets: torch.Tensor, num_items=None) -> torch.Tensor:
+    """Cross-entropy of logits [..., V] against aligned targets [...] (no shift here); target -100 is ignored.
+
+    The sum over valid targets is divided by `num_items` when given, else by their count. This is the
+    form for logits computed only at the rows a loss reads (`logits_to_keep`): [N, V] and [N].
+    """
+    if logits.shape[:-1] != targets.shape:
+        raise ValueError(f"token_ce: logits {tuple(logits.shape)} and targets {tuple(targets.shape)} do not line up "
+                         "(expected [..., V] and [...])")
+    targets = targets.to(logits.device)
+    valid = targets != -100
     if not valid.any():
         return _zero(logits)
-    # Gather the answer rows before upcasting: a float32 copy of all [B, T, V] logits is the big cost.
-    rows = logits[:, :-1][valid].float()
-    total = F.cross_entropy(rows, target[valid], reduction="sum")
-    denom = num_items_in_batch if num_items_in_batch is not None else valid.sum()
+    # Gather the answer rows before upcasting: a float32 copy of all the logits is the big cost.
+    rows = logits[valid].float()
+    total = F.cross_entropy(rows, targets[valid], reduction="sum")
+    denom = num_items if num_items is not None else valid.sum()
     return total / denom
 
 

@@ -137,7 +137,8 @@ def stages(p: StudyParams) -> list[Stage]:
         out.append(Stage(
             "teacher-cache", ["teacher-cache"],
             RUNTIME + SUBSETS + ["teacher", "teacher_load_in_4bit", "bnb_compute_dtype", "teacher_cache",
-                                 "teacher_cache_k", "temperature", "gamma_kl", "recovery_steps", "batch_size"],
+                                 "teacher_cache_k", "temperature", "distill_positions", "gamma_kl", "recovery_steps",
+                                 "batch_size"],
             deps=[*common, f"{lib}/teacher_cache.py", *made], persist=[rel(study.run_dir_cache(p))],
             extra_params={reg: ["sweeps"]} if reg else {},
             title=f"Teacher cache: sparse targets of {len(users)} training run(s)"))

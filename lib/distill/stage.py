@@ -136,7 +136,7 @@ def teacher_cache_stage(p: StudyParams) -> int:
     for store, entry in stores.items():
         up = entry["params"]
         config = teacher_cache.cache_config(study.teacher_source(up), tokenizer, up.max_length, up.temperature,
-                                            up.teacher_cache, up.teacher_cache_k)
+                                            up.teacher_cache, up.teacher_cache_k, up.distill_positions)
         t0 = time.perf_counter()
         report = teacher_cache.fill(store, config, entry["views"], teacher, device, up.batch_size,
                                     tokenizer.pad_token_id)

@@ -30,8 +30,12 @@ class StudyData:
 def load_data(p: StudyParams) -> StudyData:
     train = data.load_squad("train", p.squad_dir, p.data_pool_rows)
     teacher_n = p.teacher_finetune_train_size if p.teacher_finetune else 0
-    eval_rows, train_rows, teacher_rows, recovery_rows = data.disjoint_subsets(
-        train, [p.eval_size, p.train_size, teacher_n, p.recovery_size], p.seed)
+    # The teacher's examples come from the far end of the shuffle, so a student's train_size (a re-sized profile,
+    # a capacity grid) never changes which examples tuned the teacher; students' subsets are prefixes.
+    student_sizes = [p.eval_size, p.train_size, p.recovery_size]
+    unused = max(0, len(train) - sum(student_sizes) - teacher_n)
+    eval_rows, train_rows, recovery_rows, _, teacher_rows = data.disjoint_subsets(
+        train, [*student_sizes, unused, teacher_n], p.seed)
     dev = data.load_squad("validation", p.squad_dir, p.data_pool_rows)
     (bench_rows,) = data.disjoint_subsets(dev, [p.bench_size], p.seed)
     return StudyData(eval_rows, train_rows, teacher_rows, recovery_rows, bench_rows)
@@ -206,8 +210,9 @@ def cached_targets(p: StudyParams, tokenizer):
         raise ValueError(f"{targets.view_path}: the teacher cache was made with another tokenizer (vocab "
                          f"{targets.config['vocab']}) than the student's ({len(tokenizer)}); distillation needs one "
                          "vocabulary")
-    if (targets.config["temperature"], targets.config["format"], targets.config["k"], targets.config["max_length"]) != \
-            (float(p.temperature), p.teacher_cache, p.teacher_cache_k, p.max_length):
+    if (targets.config["temperature"], targets.config["format"], targets.config["k"], targets.config["max_length"],
+            targets.config.get("positions", "all")) != \
+            (float(p.temperature), p.teacher_cache, p.teacher_cache_k, p.max_length, p.distill_positions):
         raise teacher_cache.CacheMismatch(f"{targets.view_path}: made at other cache settings than this run's; run "
                                           "the teacher-cache stage again")
     return targets

@@ -9,11 +9,12 @@ example reuses it) and each predicted position, the cache keeps what a sparse di
   log-probabilities (an unbiased estimate of the forward KL, see `losses.sampled_kd_divergence`).
 
 Layout, under `artifacts/<run>/teacher_cache/<config>/` (config = a hash of what the targets depend on:
-the teacher's content, tokenizer, chat template, max_length, temperature, format, k):
+the teacher's content, tokenizer, chat template, max_length, temperature, format, k, and which rows:
+every prediction, or only those of answer tokens when the run distils answers only):
   manifest.json          that config, the shards and their sha256, bytes and positions
   shards/<sha>.safetensors  immutable; ids / logprobs / counts of many examples, memory-mapped on read
   views/<run>.json       the examples one training run (the run, or a sweep's seed run) reads:
-                         key -> (shard, first row, rows)
+                         key -> (shard, first row in the shard, rows, the example's row they start at)
 A training stage depends on its own view only, so filling the cache for a new seed adds a shard and a
 view and leaves every earlier seed's training up to date.
 """
@@ -62,15 +63,36 @@ def tokenizer_digest(tokenizer) -> str:
     return hashlib.sha256(tok_json.encode()).hexdigest()[:16]
 
 
-def cache_config(teacher_source: str, tokenizer, max_length: int, temperature: float, fmt: str, k: int) -> dict:
+POSITIONS = ("all", "answer")
+
+
+def cache_config(teacher_source: str, tokenizer, max_length: int, temperature: float, fmt: str, k: int,
+                 positions: str = "all") -> dict:
+    """What the stored targets depend on. `positions` is the run's distill_positions: "answer" stores only the
+    rows that predict answer tokens (what an answer-only divergence reads), about a twentieth of "all"."""
+    if positions not in POSITIONS:
+        raise ValueError(f"positions: got {positions!r}; expected one of {POSITIONS}")
     return {"teacher": folder_digest(teacher_source), "tokenizer": tokenizer_digest(tokenizer), "vocab": len(tokenizer),
             "chat_template": hashlib.sha256(str(tokenizer.chat_template or "").encode()).hexdigest()[:16],
-            "max_length": max_length, "temperature": float(temperature), "format": fmt, "k": int(k)}
+            "max_length": max_length, "temperature": float(temperature), "format": fmt, "k": int(k),
+            "positions": positions}
 
 
 def config_name(p) -> str:
     """The store folder of a run's cache settings (what a stage depends on before the teacher is hashed)."""
-    return f"{p.teacher_cache}-k{p.teacher_cache_k}-T{p.temperature:g}-L{p.max_length}"
+    rows = "" if p.distill_positions == "all" else f"-{p.distill_positions}"
+    return f"{p.teacher_cache}-k{p.teacher_cache_k}-T{p.temperature:g}-L{p.max_length}{rows}"
+
+
+def stored_rows(feature: dict[str, Any], positions: str) -> tuple[int, int]:
+    """(first row, rows) of an example that the cache stores; row t predicts token t + 1."""
+    n = len(feature["input_ids"]) - 1
+    if positions == "all":
+        return 0, n
+    answer = [t for t in range(n) if feature["labels"][t + 1] != -100]
+    if not answer:
+        return 0, 0
+    return answer[0], answer[-1] + 1 - answer[0]
 
 
 def store_dir(base_run_dir: Path, p) -> Path:
@@ -170,6 +192,7 @@ def fill(store: Path, config: dict[str, Any], views: dict[str, list[dict[str, An
             wanted.setdefault(example_key(f["input_ids"]), f)
     missing = [(k, f) for k, f in wanted.items() if k not in located]
     cached_positions = sum(located[k][2] for k in wanted if k in located)
+    positions = config.get("positions", "all")
     computed_positions = 0
     if missing:
         parts: dict[str, list[torch.Tensor]] = {}
@@ -179,16 +202,22 @@ def fill(store: Path, config: dict[str, Any], views: dict[str, list[dict[str, An
         for i in range(0, len(missing), batch_size):
             chunk = missing[i:i + batch_size]
             batch = pad_batch([{"input_ids": f["input_ids"]} for _, f in chunk], pad_id, side="right")
+            spans = [stored_rows(f, positions) for _, f in chunk]
+            keep = torch.zeros_like(batch["attention_mask"], dtype=torch.bool)
+            for j, (first, n) in enumerate(spans):
+                keep[j, first:first + n] = True
+            # the vocabulary projection only at the stored rows, flattened in row-major order
             logits = teacher(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                             use_cache=False).logits
-            for j, (key, f) in enumerate(chunk):
-                n = len(f["input_ids"]) - 1  # positions that predict a next token
+                             logits_to_keep=keep.to(device), use_cache=False).logits
+            at = 0
+            for (key, f), (first, n) in zip(chunk, spans):
                 gen = torch.Generator().manual_seed(int(key[:12], 16))  # the same draws whenever it is refilled
-                targets = sparse_targets(logits[j, :n, :config["vocab"]], config["temperature"],
+                targets = sparse_targets(logits[at:at + n, :config["vocab"]], config["temperature"],
                                          config["format"], config["k"], gen)
+                at += n
                 for name, tensor in targets.items():
                     parts.setdefault(name, []).append(tensor.cpu())
-                index[key] = [row, n]
+                index[key] = [row, n, first]
                 row += n
                 computed_positions += n
         tensors = {name: torch.cat(ts).contiguous() for name, ts in parts.items()}
@@ -198,8 +227,8 @@ def fill(store: Path, config: dict[str, Any], views: dict[str, list[dict[str, An
         name = f"{sha[:20]}.safetensors"
         tmp.replace(store / "shards" / name)
         shards[name] = {"sha256": sha, "bytes": (store / "shards" / name).stat().st_size, "positions": row}
-        for key, (start, n) in index.items():
-            located[key] = [name, start, n]
+        for key, where in index.items():
+            located[key] = [name, *where]
     manifest["shards"] = dict(sorted(shards.items()))
     for view_name, feats in views.items():
         keys = sorted({example_key(f["input_ids"]) for f in feats})
@@ -249,10 +278,12 @@ class CachedTargets:
         if key not in self.entries:
             raise KeyError(f"an example is not in the teacher cache {self.view_path} (key {key[:12]}); the cache "
                            "stage and the training disagree on the examples: run the pipeline again")
-        shard, start, n = self.entries[key]
+        shard, start, n, *first = self.entries[key]
         fh = self.files[shard]
         self.hits += 1
-        return {name: fh.get_slice(name)[start:start + n] for name in fh.keys()}
+        found = {name: fh.get_slice(name)[start:start + n] for name in fh.keys()}
+        found["first_row"] = first[0] if first else 0  # the example's row the first stored row is
+        return found
 
 
 class CachedTeacherCollator:
@@ -271,10 +302,10 @@ class CachedTeacherCollator:
         if "counts" in found[0]:
             out["teacher_counts"] = torch.zeros(len(found), width, k, dtype=torch.float32)
         for i, t in enumerate(found):
-            n = t["ids"].shape[0]
-            out["teacher_ids"][i, :n] = t["ids"].long()
-            out["teacher_logprobs"][i, :n] = t["logprobs"].float()
+            rows = slice(t["first_row"], t["first_row"] + t["ids"].shape[0])
+            out["teacher_ids"][i, rows] = t["ids"].long()
+            out["teacher_logprobs"][i, rows] = t["logprobs"].float()
             if "counts" in t:
-                out["teacher_counts"][i, :n] = t["counts"].float()
+                out["teacher_counts"][i, rows] = t["counts"].float()
         batch.update(out)
         return batch

@@ -84,19 +84,34 @@ class DistillationTrainer(Trainer):
         cfg = self.loss_config
         labels, attention = inputs["labels"], inputs["attention_mask"]
         need_hidden = cfg.beta_mse > 0
-        outputs = model(input_ids=inputs["input_ids"], attention_mask=attention,
+        mode = "train" if model.training else "eval"
+        # Row t of the logits predicts token t + 1: `next_labels` lines the targets up with the rows, so each
+        # model computes its vocabulary projection only at the rows a loss reads (`logits_to_keep`, a [B, T]
+        # mask; the logits come back as [rows, V]). On a 49k vocabulary that projection, its float32 copy and
+        # its gradient are a fifth of a CE step when taken at every position.
+        next_labels = torch.cat([labels[:, 1:], labels.new_full((labels.shape[0], 1), -100)], 1)
+        answer_rows = next_labels != -100
+        if cfg.distill_positions == "answer":
+            kd_rows = answer_rows
+        else:  # every prediction of a real token, prompt included
+            real = attention.bool()
+            kd_rows = torch.cat([real[:, 1:] & real[:, :-1], torch.zeros_like(real[:, :1])], 1)
+        want_ce = cfg.alpha_ce > 0 or mode == "eval"  # eval measures the answer CE even at alpha_ce 0
+        want_kd = cfg.gamma_kl > 0
+        keep = (answer_rows & want_ce) | (kd_rows & want_kd)
+        outputs = model(input_ids=inputs["input_ids"], attention_mask=attention, logits_to_keep=keep,
                         output_hidden_states=need_hidden, use_cache=False)
-        target_mask = labels[:, 1:] != -100
-        n_items = target_mask.sum()
+        logits = outputs.logits  # [rows of keep, V], in keep's row-major order
+        n_items = answer_rows.sum()
         total_items = num_items_in_batch if num_items_in_batch is not None else n_items
         # The hidden term is a per-batch normalised mean; each micro-batch weighs it by its share of the
         # window's answer tokens (CE and KD are sums over the window instead, hence exact).
         share = n_items / total_items.clamp(min=1) if torch.is_tensor(total_items) else n_items / max(total_items, 1)
         terms: dict[str, torch.Tensor] = {}
-        if cfg.alpha_ce > 0:
-            terms["ce"] = losses.answer_ce(outputs.logits, labels, num_items_in_batch=total_items)
-        # Sparse teacher targets in the batch (a teacher cache: [B, T-1, k], aligned with logits[:, :-1]) replace the
-        # teacher's logits; the teacher then runs only when the hidden-state term needs its states.
+        if want_ce:
+            terms["ce"] = losses.token_ce(logits, next_labels[keep], num_items=total_items)
+        # Sparse teacher targets in the batch (a teacher cache: [B, T-1, k], aligned with the rows t < T - 1) replace
+        # the teacher's logits; the teacher then runs only when the hidden-state term needs its states.
         sparse = "teacher_ids" in inputs
         if cfg.uses_teacher:
             t_out = None
@@ -107,38 +122,35 @@ class DistillationTrainer(Trainer):
                 with torch.no_grad():
                     self.teacher.eval()
                     t_out = self.teacher(input_ids=inputs["input_ids"], attention_mask=attention,
+                                         logits_to_keep=kd_rows if want_kd and not sparse else 1,
                                          output_hidden_states=need_hidden, use_cache=False)
-            if cfg.distill_positions == "answer":
-                kd_mask = target_mask
-                hidden_mask = labels != -100
-            else:  # every prediction of a real token, prompt included
-                kd_mask = attention[:, 1:].bool() & attention[:, :-1].bool()
-                hidden_mask = attention.bool()
-            if cfg.gamma_kl > 0 and sparse:
+            if want_kd:
+                # the student's KD rows among its kept rows; [1, N, V] with an all-true mask is the losses' [B, T, V]
+                s_rows = logits if bool((keep == kd_rows).all()) else logits[kd_rows[keep]]
+                s_rows = s_rows.unsqueeze(0)
+                all_rows = torch.ones(s_rows.shape[:2], dtype=torch.bool, device=s_rows.device)
                 per_item = 1.0 if cfg.distill_positions == "answer" else cfg.positions_per_answer_token
                 common = dict(temperature=cfg.temperature, num_items=total_items * per_item,
                               chunk_size=cfg.kd_chunk_size)
-                if "teacher_counts" in inputs:
-                    terms["kd"] = losses.sampled_kd_divergence(
-                        outputs.logits[:, :-1], inputs["teacher_ids"], inputs["teacher_logprobs"],
-                        inputs["teacher_counts"], kd_mask, **common)
+                if sparse:
+                    cached = kd_rows[:, :-1]  # the last row predicts nothing; the cache stops at T - 1
+                    ids, logprobs = inputs["teacher_ids"][cached][None], inputs["teacher_logprobs"][cached][None]
+                    if "teacher_counts" in inputs:
+                        terms["kd"] = losses.sampled_kd_divergence(
+                            s_rows, ids, logprobs, inputs["teacher_counts"][cached][None], all_rows, **common)
+                    else:
+                        terms["kd"] = losses.sparse_kd_divergence(
+                            s_rows, ids, logprobs, all_rows, kind=cfg.kd_kind, beta=cfg.jsd_beta,
+                            tail=cfg.sparse_tail, **common)
                 else:
-                    terms["kd"] = losses.sparse_kd_divergence(
-                        outputs.logits[:, :-1], inputs["teacher_ids"], inputs["teacher_logprobs"], kd_mask,
-                        kind=cfg.kd_kind, beta=cfg.jsd_beta, tail=cfg.sparse_tail, **common)
-            elif cfg.gamma_kl > 0:
-                per_item = 1.0 if cfg.distill_positions == "answer" else cfg.positions_per_answer_token
-                terms["kd"] = losses.kd_divergence(
-                    outputs.logits[:, :-1], t_out.logits[:, :-1].to(outputs.logits.device), kd_mask,
-                    temperature=cfg.temperature, kind=cfg.kd_kind, beta=cfg.jsd_beta, vocab_size=cfg.vocab_size,
-                    num_items=total_items * per_item, chunk_size=cfg.kd_chunk_size)
+                    terms["kd"] = losses.kd_divergence(
+                        s_rows, t_out.logits.unsqueeze(0).to(s_rows.device), all_rows, kind=cfg.kd_kind,
+                        beta=cfg.jsd_beta, vocab_size=cfg.vocab_size, **common)
             if cfg.beta_mse > 0:
+                hidden_mask = labels != -100 if cfg.distill_positions == "answer" else attention.bool()
                 terms["hidden"] = share * losses.hidden_losses(
-                    outputs.hidden_states, tuple(h.to(outputs.logits.device) for h in t_out.hidden_states),
+                    outputs.hidden_states, tuple(h.to(logits.device) for h in t_out.hidden_states),
                     cfg.layer_map, hidden_mask, kind=cfg.hidden_loss, projection=self.projection)
-        mode = "train" if model.training else "eval"
-        if mode == "eval" and "ce" not in terms:  # measured even at alpha_ce 0: checkpoints are chosen on it
-            terms["ce"] = losses.answer_ce(outputs.logits, labels, num_items_in_batch=total_items)
         weights = {"ce": cfg.alpha_ce, "kd": cfg.gamma_kl, "hidden": cfg.beta_mse}
         step = self.state.global_step
         for name, value in terms.items():
@@ -206,11 +218,6 @@ def load_projection_into(projection, folder: Path) -> bool:
     loaded = HiddenProjection.load(folder)
     projection.load_state_dict(loaded.state_dict())
     return True
-
-
-def last_checkpoint(output_dir: Path) -> Path | None:
-    ckpts = sorted(Path(output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-    return ckpts[-1] if ckpts else None
 
 
 def write_log_history(trainer: Trainer, path: Path) -> None:
