@@ -211,7 +211,8 @@ def fill(store: Path, config: dict[str, Any], views: dict[str, list[dict[str, An
                              logits_to_keep=keep.to(device), use_cache=False).logits
             at = 0
             for (key, f), (first, n) in zip(chunk, spans):
-                gen = torch.Generator().manual_seed(int(key[:12], 16))  # the same draws whenever it is refilled
+                # the same draws whenever it is refilled (on the logits' device: a CUDA draw needs a CUDA generator)
+                gen = torch.Generator(device=logits.device).manual_seed(int(key[:12], 16))
                 targets = sparse_targets(logits[at:at + n, :config["vocab"]], config["temperature"],
                                          config["format"], config["k"], gen)
                 at += n
