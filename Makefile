@@ -7,6 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 PROFILE ?= smollm2-135m_to_pruned24_cpu
+CAPACITY_PROFILE ?= capacity_cpu
 # A seed sweep: SWEEP names the setting, SWEEP_ARGS changes it, e.g. SWEEP_ARGS='--set distill_positions=answer'
 SWEEP ?= default
 SEEDS ?= 0,1,2
@@ -16,7 +17,7 @@ export SQUAD_DIR ?= $(wildcard $(abspath ../shared/data/squad))
 export PYTHONUNBUFFERED := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-fast study sweep smoke status dag validate params lab notebooks bench-loss bench-step clean
+.PHONY: help setup test test-fast study sweep capacity smoke status dag validate params lab notebooks bench-loss bench-step clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -43,6 +44,9 @@ study: setup ## bring the study for PROFILE up to date (dvc repro: only what cha
 
 sweep: setup ## after `make study`: train and score the students over SEEDS; reports/<run>/sweeps/summary.txt
 	$(PY) -m distill sweep params/$(PROFILE).yaml --name $(SWEEP) --seeds $(SEEDS) $(SWEEP_ARGS)
+
+capacity: setup ## the capacity curve: students of 4 sizes x CE-only/distilled x 3 seeds on 300 questions (about 90 min); reports/capacity_cpu/04_capacity.html
+	$(PY) -m distill run params/$(CAPACITY_PROFILE).yaml --only capacity-report
 
 smoke: setup ## the whole study on tiny models in about two minutes: reports/smoke/
 	$(PY) -m distill run params/smoke.yaml

@@ -57,7 +57,8 @@ def test_manifest_bits():
 
 
 def test_notebook_stages_cover_both_students():
-    assert list(stage.NOTEBOOK_REPORTS) == ["teacher", "train-distilled", "train-ce_baseline", "merge", "report"]
+    assert list(stage.NOTEBOOK_REPORTS) == ["teacher", "train-distilled", "train-ce_baseline", "merge", "report",
+                                           "capacity-report"]
     baseline = pipeline.stage_params(params.StudyParams(), "train-ce_baseline")
     assert baseline.variant == "ce_baseline" and not baseline.uses_teacher
     assert pipeline.stage_params(params.StudyParams(), "train-distilled").uses_teacher

@@ -6,7 +6,9 @@ the pipeline's speed stages (`python -m distill stage <params> speed <model>`) e
 from __future__ import annotations
 
 import json
+import math
 import resource
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -60,13 +62,15 @@ def teacher_forced(model, features: list[dict[str, Any]], pad_id: int, batch_siz
     total_nll, total_hit, total_n = 0.0, 0, 0
     for i in range(0, len(features), batch_size):
         batch = pad_batch(features[i:i + batch_size], pad_id, side="right")
-        logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                       use_cache=False).logits[:, :-1].float()
         target = batch["labels"][:, 1:].to(device)
         mask = target != -100
         if not mask.any():
             continue
-        logp = torch.log_softmax(logits[mask], dim=-1)
+        # the row before each answer token predicts it: only those rows are projected onto the vocabulary
+        rows = torch.nn.functional.pad(mask, (0, 1), value=False)
+        logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                       logits_to_keep=rows, use_cache=False).logits.float()
+        logp = torch.log_softmax(logits.reshape(-1, logits.shape[-1]), dim=-1)
         gold = target[mask]
         total_nll += float(-logp.gather(1, gold[:, None]).sum())
         total_hit += int((logp.argmax(-1) == gold).sum())
@@ -86,6 +90,21 @@ def time_generation(model, tokenizer, rows: list[dict[str, Any]], *, max_length:
             "throughput_examples_per_s": n / seconds if seconds else 0.0, "generation_seconds": seconds}
 
 
+def request_latency(model, tokenizer, rows: list[dict[str, Any]], *, max_length: int, max_new_tokens: int, seed: int,
+                    device="cpu", warmup: int = 1) -> dict[str, Any]:
+    """Per-request latency as a user meets it: each question answered alone (batch 1, greedy, until its end of turn
+    or `max_new_tokens`), timed from prompt ids to answer ids; median and 90th percentile over the questions."""
+    gen = encode_examples(rows, tokenizer, max_length, seed, with_answer=False, reserve=max_new_tokens)
+    prompt_ids = [f["input_ids"] for f in prompt_features(gen.features)]
+    for ids in prompt_ids[:warmup]:
+        generate(model, tokenizer, [ids], max_new_tokens, 1, device)
+    times = [generate(model, tokenizer, [ids], max_new_tokens, 1, device)[1] * 1000 for ids in prompt_ids]
+    ordered = sorted(times)
+    return {"latency_batch1_ms_median": statistics.median(ordered),
+            "latency_batch1_ms_p90": ordered[min(len(ordered) - 1, math.ceil(0.9 * len(ordered)) - 1)],
+            "latency_batch1_prompts": len(ordered)}
+
+
 def evaluate(model, tokenizer, rows: list[dict[str, Any]], *, max_length: int, max_new_tokens: int,
              batch_size: int, seed: int, device="cpu", warmup_batches: int = 0) -> dict[str, Any]:
     """EM/F1 from greedy answers, teacher-forced loss and accuracy, latency and throughput."""
@@ -101,7 +120,7 @@ def evaluate(model, tokenizer, rows: list[dict[str, Any]], *, max_length: int, m
     return {**scores, **forced, "n_examples": n, "dropped": gen.dropped, "windowed": gen.windowed,
             "latency_ms_per_example": 1000 * seconds / max(n, 1), "throughput_examples_per_s": n / seconds if seconds else 0.0,
             "generation_seconds": seconds, "raw_generations": raw, "predictions": predictions,
-            "references": references}
+            "references": references, "question_ids": [f["id"] for f in gen.features]}
 
 
 def peak_rss_mb() -> float:

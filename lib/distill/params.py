@@ -121,6 +121,15 @@ class StudyParams:
     bench_warmup: int = _f(1, "generation batches run before timing", min=0)
     qualitative_examples: int = _f(4, "validation examples shown side by side in the merge report", min=0)
 
+    # --- capacity grid (notebook 04) -----------------------------------------------------
+    capacity_keep: list[int] = _f([], "capacity grid: students of these many teacher layers, cut from the tuned teacher "
+                                      "by prune_method, each trained CE-only and distilled per capacity_seeds; empty = "
+                                      "no grid")
+    capacity_seeds: list[int] = _f([0, 1, 2], "capacity grid: training seeds; every size sees the same examples per seed")
+    capacity_questions: int = _f(300, "capacity grid: validation questions every model is scored on", min=1)
+    latency_prompts: int = _f(24, "capacity grid: questions answered one at a time (batch 1) to time each model's "
+                                  "per-request latency", min=1)
+
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
@@ -135,6 +144,18 @@ class StudyParams:
         if self.teacher_cache == "sampled" and self.kd_kind != "forward_kl":
             raise ParamsError(f"teacher_cache: sampled estimates the forward KL only; got kd_kind: {self.kd_kind} "
                               "(use teacher_cache: topk, or kd_kind: forward_kl)")
+        if self.capacity_keep:
+            if self.student != "prune":
+                raise ParamsError(f"capacity_keep: {self.capacity_keep} cuts students from the teacher; it needs "
+                                  f"student: prune (got student: {self.student})")
+            if min(self.capacity_keep) < 1 or len(set(self.capacity_keep)) != len(self.capacity_keep):
+                raise ParamsError(f"capacity_keep: {self.capacity_keep}; give distinct layer counts >= 1, e.g. [24, 18, 14]")
+            if not self.capacity_seeds or len(set(self.capacity_seeds)) != len(self.capacity_seeds) or \
+                    min(self.capacity_seeds) < 0:
+                raise ParamsError(f"capacity_seeds: {self.capacity_seeds}; give distinct seeds >= 0, e.g. [0, 1, 2]")
+            if self.latency_prompts > self.capacity_questions:
+                raise ParamsError(f"latency_prompts: {self.latency_prompts} exceeds capacity_questions "
+                                  f"({self.capacity_questions}); the timed prompts are a subset of the scored ones")
         if self.recovery_steps and not self.recovery_size:
             raise ParamsError(f"recovery_steps: {self.recovery_steps} needs recovery_size >= 1 (contexts to train on)")
 

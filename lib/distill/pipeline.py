@@ -138,7 +138,7 @@ def stages(p: StudyParams) -> list[Stage]:
             "teacher-cache", ["teacher-cache"],
             RUNTIME + SUBSETS + ["teacher", "teacher_load_in_4bit", "bnb_compute_dtype", "teacher_cache",
                                  "teacher_cache_k", "temperature", "distill_positions", "gamma_kl", "recovery_steps",
-                                 "batch_size"],
+                                 "batch_size", *(["capacity_keep", "capacity_seeds"] if p.capacity_keep else [])],
             deps=[*common, f"{lib}/teacher_cache.py", *made], persist=[rel(study.run_dir_cache(p))],
             extra_params={reg: ["sweeps"]} if reg else {},
             title=f"Teacher cache: sparse targets of {len(users)} training run(s)"))
@@ -180,9 +180,9 @@ def stages(p: StudyParams) -> list[Stage]:
               *[rel(scores_file(p, m)) for m in MODELS], *[rel(speed_file(p, m)) for m in MODELS]],
         reports=[f"{rep}/{f}" for f in bench_reports] + [f"{run}/executed/03_benchmark.ipynb"],
         metrics=[f"{rep}/metrics.json"], notebook="03_benchmark", title="Teacher vs students: size, speed, memory, EM/F1"))
-    from . import sweep
+    from . import capacity, sweep
 
-    return out + sweep.stages(p)
+    return out + sweep.stages(p) + capacity.stages(p)
 
 
 TRAIN_REPORTS = {"distilled": "01_distill", "ce_baseline": "01_distill_ce_baseline"}
@@ -230,8 +230,9 @@ def train_stage(p: StudyParams, variant: str, name: str, args: list[str]) -> Sta
 
 
 def cache_users(p: StudyParams) -> list[StudyParams]:
-    """The training runs that read the teacher cache: the run's distilled student and its sweeps' seed runs."""
-    from . import sweep
+    """The training runs that read the teacher cache: the run's distilled student, its sweeps' seed runs and its
+    capacity grid's distilled students."""
+    from . import capacity, sweep
 
     users = []
     main = p.replace(**VARIANT_OVERRIDES["distilled"])
@@ -245,6 +246,10 @@ def cache_users(p: StudyParams) -> list[StudyParams]:
             sp = sweep.seed_params(p, name, seed, entry["set"]).replace(**VARIANT_OVERRIDES["distilled"])
             if sp.uses_teacher_cache:
                 users.append(sp)
+    for keep, seed in capacity.cells(p):
+        cp = capacity.seed_params(p, keep, seed).replace(**VARIANT_OVERRIDES["distilled"])
+        if cp.uses_teacher_cache:
+            users.append(cp)
     return users
 
 

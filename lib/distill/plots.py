@@ -196,3 +196,56 @@ def seed_differences(diffs, reference: str, title: str):
                  fontsize=10)
     fig.tight_layout()
     return fig
+
+
+CAPACITY_STYLE = {"ce_baseline": ("CE-only", "#dd8452", "s"), "distilled": ("distilled", "#4c72b0", "o")}
+
+
+def capacity_curve(result: dict[str, Any], x: str, xlabel: str, title: str):
+    """F1 of each student size (mean over seeds, 95% interval over questions; faint dots: seeds), CE-only and
+    distilled, against `x` (params_m or latency_batch1_ms_median); the teacher and 90% of it as lines."""
+    teacher = result["teacher"]
+    fig, ax = plt.subplots(figsize=(7.5, 4.4))
+    for variant, (label, color, marker) in CAPACITY_STYLE.items():
+        rows = sorted((r for r in result["curve"] if r["variant"] == variant), key=lambda r: r[x])
+        xs = [r[x] for r in rows]
+        ys = [r["f1"] for r in rows]
+        err = [[r["f1"] - r["f1_ci95_low"] for r in rows], [r["f1_ci95_high"] - r["f1"] for r in rows]]
+        ax.errorbar(xs, ys, yerr=err, color=color, marker=marker, capsize=3, label=label)
+        for r in rows:
+            ax.annotate(f"{r['layers']}L", (r[x], r["f1"]), textcoords="offset points", xytext=(6, -12 if
+                        variant == "ce_baseline" else 6), fontsize=8, color=color)
+    ax.axhline(teacher["f1"], color="black", linewidth=1, label=f"teacher ({teacher['layers']} layers): {teacher['f1']:.1f}")
+    ax.axhline(result["kept_goal"] * teacher["f1"], color="black", linewidth=1, linestyle="--",
+               label=f"{100 * result['kept_goal']:.0f}% of the teacher")
+    if x == "params_m":
+        ax.scatter([teacher["params_m"]], [teacher["f1"]], color="black", marker="*", s=90, zorder=3)
+    else:
+        ax.scatter([teacher["latency_batch1_ms_median"]], [teacher["f1"]], color="black", marker="*", s=90, zorder=3)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(f"SQuAD F1 on {result['n_questions']} questions")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def capacity_gain(result: dict[str, Any], title: str):
+    """Distilled minus CE-only F1 per size: mean over questions and seeds with its 95% interval, and each seed."""
+    gains = sorted(result["gains"], key=lambda g: g["params_m"])
+    fig, ax = plt.subplots(figsize=(7.5, 3.6))
+    xs = list(range(len(gains)))
+    for i, g in zip(xs, gains):
+        color = "#8fbf8f" if g["f1_gain_ci95_low"] > 0 else "#e0a0a0" if g["f1_gain_ci95_high"] < 0 else "#c6d4ea"
+        ax.bar(i, g["f1_gain"], color=color, width=0.6)
+        ax.errorbar(i, g["f1_gain"], yerr=[[g["f1_gain"] - g["f1_gain_ci95_low"]], [g["f1_gain_ci95_high"] - g["f1_gain"]]],
+                    fmt="none", ecolor="#333333", capsize=4)
+        ax.scatter([i] * len(g["f1_gain_per_seed"]), g["f1_gain_per_seed"], color="#333333", s=14, zorder=3)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xticks(xs, [f"{g['layers']} layers\n{g['params_m']:.0f} M" for g in gains])
+    ax.set_ylabel("F1 points, distilled minus CE-only")
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig

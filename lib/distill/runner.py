@@ -78,12 +78,18 @@ def redact(text: str) -> str:
     return re.sub(r"hf_[A-Za-z0-9]{30,}", "***redacted***", text)
 
 
-def render_html(executed: Path, out_html: Path) -> None:
+# Reports that open with their answer: rendered without code cells (the source notebook is one link away).
+CODE_FREE_REPORTS = {"04_capacity"}
+
+
+def render_html(executed: Path, out_html: Path, exclude_input: bool = False) -> None:
     import nbformat
     from nbconvert import HTMLExporter
 
     nb = nbformat.read(executed, as_version=4)
-    body, _ = HTMLExporter(template_name="lab").from_notebook_node(nb)
+    exporter = HTMLExporter(template_name="lab", exclude_input=exclude_input, exclude_input_prompt=exclude_input,
+                            exclude_output_prompt=exclude_input)
+    body, _ = exporter.from_notebook_node(nb)
     paths.write_text_atomic(out_html, redact(body))
 
 
@@ -104,13 +110,13 @@ def execute_step(name: str, notebook: str, values: dict[str, Any], executed_dir:
                             cwd=str(paths.NOTEBOOKS_DIR), progress_bar=True,
                             log_output=False, report_mode=False)
     except pm.PapermillExecutionError as err:
-        render_html(executed, html_out)
+        render_html(executed, html_out, notebook in CODE_FREE_REPORTS)
         raise StepFailed(f"notebook {notebook} ({name}) failed in cell {err.exec_count} "
                          f"with {err.ename}: {err.evalue}; see {_shown(html_out)}") from None
     finally:
         if executed.exists():
             _redact_file(executed)
-    render_html(executed, html_out)
+    render_html(executed, html_out, notebook in CODE_FREE_REPORTS)
     return time.perf_counter() - start
 
 

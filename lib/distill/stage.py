@@ -15,7 +15,8 @@ from . import paths, pipeline
 from .params import StudyParams
 
 NOTEBOOK_REPORTS = {"teacher": "00_teacher", "train-distilled": "01_distill",
-                    "train-ce_baseline": "01_distill_ce_baseline", "merge": "02_merge", "report": "03_benchmark"}
+                    "train-ce_baseline": "01_distill_ce_baseline", "merge": "02_merge", "report": "03_benchmark",
+                    "capacity-report": "04_capacity"}
 
 
 def record_file(p: StudyParams, report_name: str) -> Path:
@@ -61,7 +62,7 @@ def score_stage(p: StudyParams, model: str) -> int:
     keep = ("exact_match", "f1", "answer_loss", "top1_accuracy", "answer_tokens", "n_examples", "dropped", "windowed",
             "raw_generations", "predictions", "references")
     out = {k: result[k] for k in keep}
-    out.update(model=model, question_ids=[r["id"] for r in rows], wall_s=time.perf_counter() - t0)
+    out.update(model=model, question_ids=result["question_ids"], wall_s=time.perf_counter() - t0)
     paths.write_text_atomic(pipeline.scores_file(p, model), json.dumps(out, indent=1))
     print(f"{p.run_name} {model}: EM {out['exact_match']:.1f} F1 {out['f1']:.1f} answer loss "
           f"{out['answer_loss']:.3f} on {len(rows)} questions", flush=True)
@@ -107,7 +108,7 @@ def sweep_score_stage(p: StudyParams, name: str, seed: str, model: str, question
     result = benchmark.evaluate(loaded, tokenizer, rows, max_length=sp.max_length, max_new_tokens=sp.max_new_tokens,
                                 batch_size=sp.bench_batch_size, seed=p.seed, device=device)
     out = {k: result[k] for k in (*sweep.SCORES, "n_examples", "answer_tokens", "predictions")}
-    out["question_ids"] = [r["id"] for r in rows]
+    out["question_ids"] = result["question_ids"]
     f = sweep.score_file(p, name, None if name == "reference" else int(seed), model, questions)
     paths.write_text_atomic(f, json.dumps(out, indent=1))
     print(f"{name} seed {seed} {model}: " + ", ".join(f"{k} {out[k]:.3f}" for k in sweep.SCORES), flush=True)
@@ -161,6 +162,27 @@ def main(params_path: str, kind: str, *args: str) -> int:
     if kind == "sweep-score":
         name, seed, model, questions = args
         return sweep_score_stage(p, name, seed, model, int(questions))
+    if kind == "capacity-students":
+        from . import capacity
+
+        capacity.make_students(p)
+        return 0
+    if kind == "capacity-train":
+        from . import capacity
+
+        keep, seed, variant = args
+        sp = pipeline.stage_params(capacity.seed_params(p, int(keep), int(seed)), f"train-{variant}")
+        spec = next(s for s in pipeline.stages(p) if s.name == f"capacity-keep{keep}-seed{seed}-{variant}")
+        return run_notebook_stage(sp, spec, pipeline.TRAIN_REPORTS[variant])
+    if kind == "capacity-score":
+        from . import capacity
+
+        if args[0] == "teacher":
+            capacity.score(p, "teacher")
+        else:
+            variant, keep, seed = args
+            capacity.score(p, variant, int(keep), int(seed))
+        return 0
     if kind == "teacher-cache":
         return teacher_cache_stage(p)
     if kind == "sweep-summary":
