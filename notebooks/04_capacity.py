@@ -12,13 +12,13 @@ latency_prompts: int = 24  # questions answered one at a time for the batch-1 la
 # %%
 from IPython.display import Markdown, display
 
-from distill import capacity, params, plots
+from distill import capacity_report, params, plots
 
 p = params.from_notebook(globals())
-scores = capacity.load_scores(p)
-result = capacity.analyse(scores)
-capacity.write(p, scores, result)
-display(Markdown("\n".join(f"- {line}" for line in capacity.headline(result))))
+scores = capacity_report.load_scores(p)
+result = capacity_report.analyse(scores)
+capacity_report.write(p, scores, result)
+display(Markdown("\n".join(f"- {line}" for line in capacity_report.headline(result))))
 
 # %%
 fig = plots.capacity_curve(result, "params_m", "parameters (M)",
@@ -35,26 +35,28 @@ plots.save(fig, p.report_dir, "capacity_f1_vs_params")
 fig = plots.capacity_gain(result, f"{p.run_name}: what distillation adds over CE-only, per size (bars: mean; "
                                   "whiskers: 95% interval over questions; dots: seeds)")
 plots.save(fig, p.report_dir, "capacity_distillation_gain")
-display(capacity.gains_table(result).round(3))
+display(capacity_report.gains_table(result).round(3))
 
 # %% [markdown]
 # Green bars: the interval lies above 0 (distillation helps); red: below 0 (it hurts); blue: unresolved. The
 # answer-loss change is distilled minus CE-only in nats (lower is better), with a t interval over seeds.
 
 # %%
-fig = plots.capacity_curve(result, "latency_batch1_ms_median", "per-request latency, batch 1 (ms, median)",
-                           f"{p.run_name}: F1 vs latency (one question at a time, greedy)")
+fig = plots.capacity_curve(result, "latency_batch1_fixed_ms_median",
+                           "per-request latency at batch 1, fixed answer length (ms, median)",
+                           f"{p.run_name}: F1 vs latency (one question at a time, the same number of tokens each)")
 plots.save(fig, p.report_dir, "capacity_f1_vs_latency")
 
 # %% [markdown]
 # ## Every model
 # Means over seeds. "kept F1" is the student's F1 as a share of the teacher's on the same questions (95% paired
 # bootstrap interval over questions). Latency: each of the first `latency_prompts` scored questions answered alone
-# (batch 1, greedy, up to `max_new_tokens`), median and 90th percentile; the speedup is the teacher's median over
-# the student's.
+# (batch 1, greedy), median and 90th percentile, twice: at a fixed answer length of `max_new_tokens` tokens (the
+# architecture's cost; the chart above) and until the model's own answer ends (what a user waits for: a student
+# that rambles waits longer). Speedups are the teacher's median over the student's.
 
 # %%
-display(capacity.table(result).round(2))
+display(capacity_report.table(result).round(2))
 
 # %% [markdown]
 # ## How it was measured

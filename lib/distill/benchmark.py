@@ -28,16 +28,19 @@ def eos_ids(model, tokenizer) -> list[int]:
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int,
-             device: torch.device | str = "cpu", warmup_batches: int = 0) -> tuple[list[str], float]:
+             device: torch.device | str = "cpu", warmup_batches: int = 0,
+             min_new_tokens: int = 0) -> tuple[list[str], float]:
     """Greedy answers for prompt id lists, batched with left padding; returns (texts, timed seconds).
 
-    Warm-up batches run first and are not timed.
+    Warm-up batches run first and are not timed. `min_new_tokens` keeps decoding past the end of the answer.
     """
     model.eval()
     batches = [prompts[i:i + batch_size] for i in range(0, len(prompts), batch_size)]
     stop = eos_ids(model, tokenizer)
     kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stop,
                   pad_token_id=tokenizer.pad_token_id, use_cache=True)
+    if min_new_tokens:
+        kwargs["min_new_tokens"] = min_new_tokens
     for b in batches[:warmup_batches]:
         enc = pad_batch([{"input_ids": x} for x in b], tokenizer.pad_token_id, side="left")
         model.generate(**{k: v.to(device) for k, v in enc.items()}, **kwargs)
@@ -92,17 +95,21 @@ def time_generation(model, tokenizer, rows: list[dict[str, Any]], *, max_length:
 
 def request_latency(model, tokenizer, rows: list[dict[str, Any]], *, max_length: int, max_new_tokens: int, seed: int,
                     device="cpu", warmup: int = 1) -> dict[str, Any]:
-    """Per-request latency as a user meets it: each question answered alone (batch 1, greedy, until its end of turn
-    or `max_new_tokens`), timed from prompt ids to answer ids; median and 90th percentile over the questions."""
+    """Per-request latency: each question answered alone (batch 1, greedy), timed from prompt ids to answer ids;
+    median and 90th percentile over the questions. Twice: until the answer ends (`latency_batch1_*`: what a user
+    waits for; a model that rambles waits longer) and at a fixed length of `max_new_tokens` new tokens
+    (`latency_batch1_fixed_*`: the architecture's cost, the same work for every model)."""
     gen = encode_examples(rows, tokenizer, max_length, seed, with_answer=False, reserve=max_new_tokens)
     prompt_ids = [f["input_ids"] for f in prompt_features(gen.features)]
-    for ids in prompt_ids[:warmup]:
-        generate(model, tokenizer, [ids], max_new_tokens, 1, device)
-    times = [generate(model, tokenizer, [ids], max_new_tokens, 1, device)[1] * 1000 for ids in prompt_ids]
-    ordered = sorted(times)
-    return {"latency_batch1_ms_median": statistics.median(ordered),
-            "latency_batch1_ms_p90": ordered[min(len(ordered) - 1, math.ceil(0.9 * len(ordered)) - 1)],
-            "latency_batch1_prompts": len(ordered)}
+    out: dict[str, Any] = {"latency_batch1_prompts": len(prompt_ids)}
+    for name, at_least in (("latency_batch1", 0), ("latency_batch1_fixed", max_new_tokens)):
+        for ids in prompt_ids[:warmup]:
+            generate(model, tokenizer, [ids], max_new_tokens, 1, device, min_new_tokens=at_least)
+        ordered = sorted(generate(model, tokenizer, [ids], max_new_tokens, 1, device, min_new_tokens=at_least)[1] * 1000
+                         for ids in prompt_ids)
+        out[f"{name}_ms_median"] = statistics.median(ordered)
+        out[f"{name}_ms_p90"] = ordered[min(len(ordered) - 1, math.ceil(0.9 * len(ordered)) - 1)]
+    return out
 
 
 def evaluate(model, tokenizer, rows: list[dict[str, Any]], *, max_length: int, max_new_tokens: int,

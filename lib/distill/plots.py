@@ -203,7 +203,7 @@ CAPACITY_STYLE = {"ce_baseline": ("CE-only", "#dd8452", "s"), "distilled": ("dis
 
 def capacity_curve(result: dict[str, Any], x: str, xlabel: str, title: str):
     """F1 of each student size (mean over seeds, 95% interval over questions; faint dots: seeds), CE-only and
-    distilled, against `x` (params_m or latency_batch1_ms_median); the teacher and 90% of it as lines."""
+    distilled, against `x` (params_m or a latency key); the teacher (a star) and 90% of it as lines."""
     teacher = result["teacher"]
     fig, ax = plt.subplots(figsize=(7.5, 4.4))
     for variant, (label, color, marker) in CAPACITY_STYLE.items():
@@ -218,10 +218,7 @@ def capacity_curve(result: dict[str, Any], x: str, xlabel: str, title: str):
     ax.axhline(teacher["f1"], color="black", linewidth=1, label=f"teacher ({teacher['layers']} layers): {teacher['f1']:.1f}")
     ax.axhline(result["kept_goal"] * teacher["f1"], color="black", linewidth=1, linestyle="--",
                label=f"{100 * result['kept_goal']:.0f}% of the teacher")
-    if x == "params_m":
-        ax.scatter([teacher["params_m"]], [teacher["f1"]], color="black", marker="*", s=90, zorder=3)
-    else:
-        ax.scatter([teacher["latency_batch1_ms_median"]], [teacher["f1"]], color="black", marker="*", s=90, zorder=3)
+    ax.scatter([teacher[x]], [teacher["f1"]], color="black", marker="*", s=90, zorder=3)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(f"SQuAD F1 on {result['n_questions']} questions")
     ax.set_title(title, fontsize=10)
