@@ -10,7 +10,7 @@ capacity_questions: int = 300  # validation questions every model answers
 latency_prompts: int = 24  # questions answered one at a time for the batch-1 latency
 
 # %%
-from IPython.display import Markdown, display
+from IPython.display import HTML, Markdown, display
 
 from distill import capacity_report, params, plots
 
@@ -35,7 +35,7 @@ plots.save(fig, p.report_dir, "capacity_f1_vs_params")
 fig = plots.capacity_gain(result, f"{p.run_name}: what distillation adds over CE-only, per size (bars: mean; "
                                   "whiskers: 95% interval over questions; dots: seeds)")
 plots.save(fig, p.report_dir, "capacity_distillation_gain")
-display(capacity_report.gains_table(result).round(3))
+display(HTML(capacity_report.gains_table(result).round(3).to_html(index=False)))
 
 # %% [markdown]
 # Green bars: the interval lies above 0 (distillation helps); red: below 0 (it hurts); blue: unresolved. The
@@ -56,7 +56,7 @@ plots.save(fig, p.report_dir, "capacity_f1_vs_latency")
 # that rambles waits longer). Speedups are the teacher's median over the student's.
 
 # %%
-display(capacity_report.table(result).round(2))
+display(HTML(capacity_report.table(result).round(2).to_html(index=False, na_rep="")))
 
 # %% [markdown]
 # ## How it was measured

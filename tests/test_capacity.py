@@ -222,3 +222,17 @@ def test_a_grid_runs_end_to_end_and_its_report_opens_with_the_answer(tmp_path):
     cache_log = re.search(r"teacher cache: (\d+) examples", res.stdout)
     assert cache_log and 48 < int(cache_log.group(1)) <= 2 * 48, res.stdout[-2000:]
     assert math.isfinite(out["gains"][0]["f1_gain"])
+
+
+def test_readme_quotes_the_committed_capacity_answer():
+    """The README's capacity answer is the committed report's headline, so the two cannot drift apart."""
+    from distill import paths
+
+    committed = json.loads((paths.PROJECT_ROOT / "reports" / "capacity_cpu" / "capacity.json").read_text())
+    readme = " ".join((paths.PROJECT_ROOT / "README.md").read_text().split())
+    for line in committed["headline"]:
+        assert " ".join(line.split()) in readme, line
+    recs = committed["records"]
+    students = [r for r in recs if r["variant"] != "teacher"]
+    assert len({r["layers"] for r in students}) >= 4 and len({r["seed"] for r in students}) >= 3
+    assert min(r["n_questions"] for r in recs) >= 300
