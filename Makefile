@@ -17,7 +17,7 @@ export SQUAD_DIR ?= $(wildcard $(abspath ../shared/data/squad))
 export PYTHONUNBUFFERED := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-fast study sweep capacity smoke status dag validate params lab notebooks bench-loss bench-step clean
+.PHONY: help setup browser test test-fast study sweep capacity smoke status dag validate params lab notebooks bench-loss bench-step clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -33,7 +33,12 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 setup: $(VENV)/.installed ## create .venv with the pinned packages and the editable `distill` package
 
-test: setup ## run the whole test suite (unit tests and an end-to-end smoke study)
+browser: ## Debian's chromium for the report tests (headless; installed when missing and we may use apt)
+	@command -v chromium >/dev/null || { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "note: no chromium; the report tests need it: sudo apt-get install -y chromium"; fi; }
+
+test: setup browser ## run the whole test suite (unit tests, an end-to-end smoke study, its reports in Chromium)
 	$(PY) -m pytest -q
 
 test-fast: setup ## the unit tests only (skips the end-to-end runs)

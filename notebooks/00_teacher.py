@@ -30,7 +30,7 @@ bench_batch_size: int = 4  # prompts per generation batch
 import pandas as pd
 from IPython.display import display
 
-from distill import benchmark, data, models, params, plots, pruning, sources, study
+from distill import benchmark, data, models, params, plots, pruning, sources, study, summaries
 
 p = params.from_notebook(globals())
 models.setup_torch(p.seed, p.torch_threads)
@@ -52,9 +52,10 @@ teacher_tok = models.load_tokenizer(given_source)
 base_teacher = models.freeze(models.load_model(given_source, dtype=p.model_dtype, device=device))
 eval_kwargs = dict(max_length=p.max_length, max_new_tokens=p.max_new_tokens, batch_size=p.bench_batch_size,
                    seed=p.seed, device=device)
-zero_shot = benchmark.evaluate(base_teacher, teacher_tok, sets.bench_rows, **eval_kwargs)
+teacher_params_m = models.count_params(base_teacher) / 1e6
+zero_shot = benchmark.evaluate(base_teacher, teacher_tok, sets.bench_rows, **eval_kwargs, progress="teacher zero-shot")
 scores = {"zero-shot": zero_shot}
-print(f"parameters: {models.count_params(base_teacher) / 1e6:.1f} M")
+print(f"parameters: {teacher_params_m:.1f} M")
 print(f"zero-shot EM {zero_shot['exact_match']:.1f}  F1 {zero_shot['f1']:.1f}  "
       f"answer loss {zero_shot['answer_loss']:.2f} nats  top-1 {zero_shot['top1_accuracy']:.2f}")
 display(pd.DataFrame({"question": [r["question"] for r in sets.bench_rows[:5]],
@@ -72,16 +73,17 @@ if p.teacher_finetune:
     del base_teacher
     tuning = study.finetune_teacher(p, sets.teacher_rows, device)
     tuned_teacher, _ = study.load_teacher(p, device, quantize=False)
-    scores["fine-tuned"] = benchmark.evaluate(tuned_teacher, teacher_tok, sets.bench_rows, **eval_kwargs)
+    scores["fine-tuned"] = benchmark.evaluate(tuned_teacher, teacher_tok, sets.bench_rows, **eval_kwargs,
+                                              progress="tuned teacher")
     steps = [e for e in tuning["log_history"] if "loss" in e]
     fig = plots.line([e["step"] for e in steps], [e["loss"] for e in steps], "step", "answer CE (nats)",
                      f"{p.run_name}: teacher fine-tune, {tuning['examples']} examples")
     plots.save(fig, report, "teacher_finetune_loss")
 else:
-    tuned_teacher = base_teacher
+    tuned_teacher, tuning = base_teacher, None
     print("teacher_finetune is off: the study distils from the teacher as it comes")
 fig = plots.scores_bars(scores, f"{p.run_name}: teacher on {len(sets.bench_rows)} validation questions")
-plots.save(fig, report, "teacher_em_f1")
+plots.save(fig, report, "teacher_em_f1", show=False)  # the summary shows it first
 display(pd.DataFrame({k: {m: v[m] for m in ("exact_match", "f1", "answer_loss", "top1_accuracy")}
                       for k, v in scores.items()}).T.round(3))
 
@@ -118,11 +120,17 @@ if p.student == "prune":
     plots.save(plots.line([c["layers kept"] for c in comparison], [c["answer loss"] for c in comparison],
                           "layers kept", "teacher-forced answer loss (nats)",
                           f"{p.run_name}: pruned students before training"), report, "pruned_student_answer_loss")
-    print(f"student: teacher layers {kept} ({len(kept)} of {n_layers}), "
-          f"{models.count_params(student_model) / 1e6:.1f} M parameters")
+    student = {"layers": len(kept), "teacher_layers": n_layers, "params_m": models.count_params(student_model) / 1e6,
+               "teacher_params_m": teacher_params_m,
+               "answer_loss": next(c["answer loss"] for c in comparison if c["layers kept"] == len(kept))}
+    print(f"student: teacher layers {kept} ({len(kept)} of {n_layers}), {student['params_m']:.1f} M parameters")
 else:
+    student = None
     print(f"student {p.student} is given, not pruned")
 
 # %%
 study.write_json(report / "teacher.json", {k: {m: v[m] for m in ("exact_match", "f1", "answer_loss", "top1_accuracy",
                                                                    "n_examples")} for k, v in scores.items()})
+
+# %% tags=["summary"]
+summaries.show(summaries.teacher(scores, tuning, student), report / "teacher_em_f1.png")

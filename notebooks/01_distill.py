@@ -41,7 +41,7 @@ distill_positions: str = "all"  # teacher terms on answer tokens or on every rea
 import pandas as pd
 from IPython.display import display
 
-from distill import data, losses, models, params, plots, study, training
+from distill import data, losses, models, params, paths, plots, study, summaries, training
 
 p = params.from_notebook(globals())
 models.setup_torch(p.seed, p.torch_threads)
@@ -147,11 +147,17 @@ result = training.train(p, student_model, tokenizer, train_enc.features, eval_en
 history = result.log_history
 train_log = [e for e in history if "loss" in e]
 eval_log = [e for e in history if "eval_loss" in e]
-print(f"{result.trainer.state.global_step} steps; best eval answer CE {result.trainer.state.best_metric:.4f} "
-      f"({result.trainer.state.best_model_checkpoint}); saved to {result.best_dir}")
+state = result.trainer.state
+best_step = int(state.best_model_checkpoint.rsplit("-", 1)[1]) if state.best_model_checkpoint else None
+print(f"{state.global_step} steps; best eval answer CE {state.best_metric:.4f} (step {best_step}); saved to "
+      f"{paths.shown(result.best_dir)}")
 plots.save(plots.loss_components(history, f"{p.run_name} {p.variant}: loss components"),
-           report, f"loss_components_{p.variant}")
+           report, f"loss_components_{p.variant}", show=False)  # the summary shows it first
 display(pd.DataFrame(eval_log).filter(regex=r"^(step|eval_(ce|kd|hidden|total))$").round(4))
 
 # %%
 study.write_json(report / f"log_history_{p.variant}.json", history)
+
+# %% tags=["summary"]
+summaries.show(summaries.training(p, history, best_step, state.best_metric, len(train_enc.features), state.global_step),
+               report / f"loss_components_{p.variant}.png")

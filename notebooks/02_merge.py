@@ -25,7 +25,7 @@ qualitative_examples: int = 3  # validation examples shown side by side
 import pandas as pd
 from IPython.display import display
 
-from distill import benchmark, merge, models, params, plots, study
+from distill import benchmark, merge, models, params, paths, plots, study, summaries
 
 p = params.from_notebook(globals())
 models.setup_torch(p.seed, p.torch_threads)
@@ -38,7 +38,8 @@ sets = study.load_data(p)
 # %%
 merges = [merge.merge_variant(p, v, device, sets.eval_rows[:4]) for v in study.VARIANTS]
 display(pd.DataFrame(merges))
-plots.save(plots.merge_check(merges, f"{p.run_name}: merged vs adapter logits"), p.report_dir, "merge_logit_check")
+plots.save(plots.merge_check(merges, f"{p.run_name}: merged vs adapter logits"), p.report_dir, "merge_logit_check",
+           show=False)  # the summary shows it first
 
 # %% [markdown]
 # ## Answers side by side
@@ -69,3 +70,7 @@ if rows:
 
 # %%
 study.write_json(p.report_dir / "merge.json", merges)
+
+# %% tags=["summary"]
+summaries.show(summaries.merge(merges, paths.shown(study.merged_dir(p, "distilled"))),
+               p.report_dir / "merge_logit_check.png")

@@ -1,12 +1,5 @@
 # %% [markdown]
 # # 03 · Teacher vs students: size, speed, memory and SQuAD EM/F1
-#
-# Four models on the same fixed validation sample: the teacher as the study loads it (4-bit where
-# the profile says so), the student before training, the CE-only student and the distilled student.
-# Each model runs in a fresh process that loads only that model, so its peak memory is its own
-# (on a GPU: CUDA max allocated). Latency and throughput are greedy decoding of the same prompts,
-# batched with left padding, warm-up excluded. EM/F1 use the official SQuAD v1.1 normalisation;
-# the teacher-forced answer loss and top-1 accuracy need no generation and are far less noisy.
 
 # %% tags=["parameters"]
 run_name: str = "smoke"  # report folder reports/<run_name>
@@ -17,65 +10,69 @@ bench_batch_size: int = 4  # prompts per generation batch
 
 # %%
 import pandas as pd
-from IPython.display import Image, display
+from IPython.display import HTML, Image, display
 
-from distill import params, pipeline, plots, results, sweep
+from distill import params, pipeline, plots, results, summaries, sweep
 
 p = params.from_notebook(globals())
 names = {"teacher": results.TEACHER, "student_before": results.BEFORE, "ce_baseline": results.BASELINE,
          "distilled": results.DISTILLED}
-
-# %% [markdown]
-# ## The measurements
-# The pipeline's `score-<model>` stages scored each model's answers; its `speed-<model>` stages timed each
-# model alone in a fresh process. This page only reads what they wrote.
-
-# %%
 measured = {label: pipeline.measurements(p, model) for model, label in names.items()}
-for name, m in measured.items():
-    print(f"{name:28} F1 {m['f1']:5.1f}  {m['latency_ms_per_example']:8.1f} ms/example  "
-          f"peak {m['peak_memory_mb']:7.0f} MB")
 table = results.table(measured)
 meta = {"run_name": p.run_name, "n_examples": measured[results.TEACHER]["n_examples"],
         "max_new_tokens": p.max_new_tokens, "batch_size": p.bench_batch_size,
+        "latency_prompts": measured[results.TEACHER]["latency_batch1_prompts"],
         "device": measured[results.TEACHER]["device"],
         "memory_kind": measured[results.TEACHER]["peak_memory_kind"],
         "teacher_disk_kind": measured[results.TEACHER]["disk_kind"],
         "runtime_rss_mb": {n: r["runtime_rss_mb"] for n, r in measured.items()},
         "question_ids": measured[results.TEACHER]["question_ids"]}
 results.write(table, measured, meta, p.report_dir)
-print(results.comparison_text(table, meta))
+sweep_pair, sweep_missing = sweep.paired_gain(p)
 
 # %% [markdown]
-# ## Charts
-# Bars are annotated with each model's ratio to the teacher.
+# ## How it was measured
+# Four models on the same validation questions: the teacher as the study loads it (4-bit where the profile says
+# so), the student before training, the CE-only student and the distilled student. The pipeline's
+# `score-<model>` stages scored each model's greedy answers (EM/F1 by the official SQuAD v1.1 normalisation;
+# `predictions_<model>.json` beside this page re-score with the official script) and its teacher-forced answer
+# loss and top-1 (no generation, far less noisy). Its `speed-<model>` stages timed each model alone in a fresh
+# process, so peak memory is the model's own (on a GPU: CUDA max allocated):
+# - **latency**: one question at a time (batch 1), greedy, from prompt ids to answer ids, median and 90th
+#   percentile over the first `latency_prompts` questions; until the answer ends (what a user waits for), and at
+#   a fixed `max_new_tokens` tokens (the architecture's cost, the same work for every model);
+# - **throughput**: answers per second with `bench_batch_size` prompts per batch (left padding), warm-up excluded.
 
 # %%
 for col, label, _ in results.METRICS:
     fig = plots.metric_bars(table, col, results.TEACHER, f"{p.run_name}: {label}", label)
     plots.save(fig, p.report_dir, f"{col}_by_model")
 
+# %% [markdown]
+# ## Is the gap between the students real?
+# One run's gap between the distilled and the CE-only student is noise until it exceeds the seed-to-seed spread.
+# `make sweep` retrains both students over several seeds from this run's teacher and pruned student and scores
+# them on the same questions; its paired differences are shown here when they were made from this run's models.
+
 # %%
-plots.save(plots.f1_vs_latency(table, f"{p.run_name}: F1 vs latency"), p.report_dir, "f1_vs_latency")
+paired_chart = sweep.sweeps_dir(p) / "paired_differences.png"
+if sweep_pair is not None and paired_chart.exists():
+    display(Image(filename=str(paired_chart)))
+else:
+    print(f"No seed sweep of this run's models: {sweep_missing}.")
 
 # %% [markdown]
 # ## What was scored
-# A few raw generations per model, before the shared post-processing (first line, trimmed).
+# The first answers of every model, raw (before the shared post-processing: first line, trimmed).
 
 # %%
 raw = pd.DataFrame({"gold": [r[0] for r in measured[results.TEACHER]["references"][:5]],
                     **{n: r["raw_generations"][:5] for n, r in measured.items()}})
-with pd.option_context("display.max_colwidth", 60):
+with pd.option_context("display.max_colwidth", 40):
     display(raw)
 
-# %% [markdown]
-# ## Is a difference between the students real?
-# One run's gap between the distilled and the CE-only student is noise until it exceeds the
-# seed-to-seed spread. `make sweep` retrains both students over several seeds from this run's teacher and
-# pruned student, scores them on the same questions and writes `sweeps/summary.txt`, shown here when it exists.
-
-# %%
-print(sweep.report_note(p))
-paired_chart = sweep.sweeps_dir(p) / "paired_differences.png"
-if paired_chart.exists():
-    display(Image(filename=str(paired_chart)))
+# %% tags=["summary"]
+plots.save(plots.f1_vs_latency(table, f"{p.run_name}: F1 vs per-question latency"), p.report_dir, "f1_vs_latency",
+           show=False)
+summaries.show(summaries.benchmark(table, sweep_pair, sweep_missing, meta), p.report_dir / "f1_vs_latency.png")
+display(HTML(results.comparison_frame(table).to_html(classes="results", index_names=False)))

@@ -10,23 +10,25 @@ capacity_questions: int = 300  # validation questions every model answers
 latency_prompts: int = 24  # questions answered one at a time for the batch-1 latency
 
 # %%
-from IPython.display import HTML, Markdown, display
+from IPython.display import HTML, display
 
-from distill import capacity_report, params, plots
+from distill import capacity_report, params, plots, summaries
 
 p = params.from_notebook(globals())
 scores = capacity_report.load_scores(p)
 result = capacity_report.analyse(scores)
 capacity_report.write(p, scores, result)
-display(Markdown("\n".join(f"- {line}" for line in capacity_report.headline(result))))
 
-# %%
+# %% tags=["summary"]
 fig = plots.capacity_curve(result, "params_m", "parameters (M)",
                            f"{p.run_name}: F1 vs parameters (mean of {len(p.capacity_seeds)} seeds, 95% interval "
                            "over questions)")
-plots.save(fig, p.report_dir, "capacity_f1_vs_params")
+plots.save(fig, p.report_dir, "capacity_f1_vs_params", show=False)
+summaries.show("\n".join(f"- {line}" for line in capacity_report.headline(result)),
+               p.report_dir / "capacity_f1_vs_params.png")
 
 # %% [markdown]
+# ## What the curve shows
 # Each point is one student size and training (CE-only: the gold answer only; distilled: the gold answer plus the
 # teacher's cached distribution), its F1 the mean over seeds and questions; whiskers are 95% t intervals over the
 # questions of the seed-averaged F1. The solid line is the teacher, the dashed line 90% of it.

@@ -53,6 +53,9 @@ def write_synthetic_squad(folder: Path, n_train: int = 400, n_dev: int = 120) ->
     return folder
 
 
+# the real SQuAD copy the Makefile found (../shared/data/squad), for the tests that re-score committed results;
+# every other test reads synthetic rows
+REAL_SQUAD_DIR = os.environ.get("SQUAD_DIR", "")
 SQUAD_DIR = write_synthetic_squad(_ROOT / "squad")
 os.environ["SQUAD_DIR"] = str(SQUAD_DIR)
 
@@ -60,6 +63,14 @@ os.environ["SQUAD_DIR"] = str(SQUAD_DIR)
 @pytest.fixture(scope="session")
 def squad_dir() -> Path:
     return SQUAD_DIR
+
+
+@pytest.fixture(scope="session")
+def real_squad_dir() -> Path:
+    folder = Path(REAL_SQUAD_DIR) if REAL_SQUAD_DIR else None
+    if folder is None or not (folder / "validation.jsonl.gz").exists():
+        pytest.skip("the real SQuAD v1.1 copy is not here (SQUAD_DIR, as `make test` sets it from ../shared/data/squad)")
+    return folder
 
 
 @pytest.fixture(scope="session")

@@ -103,6 +103,43 @@ def test_results_hold_all_four_models(smoke_run):
     assert (p.report_dir / "results.csv").read_text().startswith("model,")
 
 
+def test_terminal_streams_progress_without_kernel_noise(smoke_run):
+    res, _ = smoke_run
+    printed = res.stdout + res.stderr
+    assert re.search(r"^\[smoke distilled\] step \d+/4 \(\d+%\): loss \d+\.\d+, \d+:\d\d elapsed, ~\d+:\d\d left$",
+                     printed, re.M), printed[-3000:]
+    assert re.search(r"^\[smoke ce_baseline\] step 4/4: eval loss", printed, re.M)
+    assert re.search(r"^\[smoke score teacher\] generated batch 2/2", printed, re.M)
+    assert "without encryption" not in printed and "Executing:" not in printed and "{'loss':" not in printed
+
+
+def test_predictions_are_official_squad_files_for_the_scored_ids(smoke_run):
+    _, p = smoke_run
+    data = json.loads((p.report_dir / "results.json").read_text())
+    ids = data["meta"]["question_ids"]
+    assert len(ids) == data["models"][results.TEACHER]["n_examples"] == len(set(ids))
+    for key, name in results.MODEL_KEYS.items():
+        predictions = json.loads((p.report_dir / f"predictions_{name}.json").read_text())
+        assert list(predictions) == ids == data["models"][key]["question_ids"]
+        assert list(predictions.values()) == data["models"][key]["predictions"]
+
+
+def test_reports_read_right_in_a_real_browser(smoke_run):
+    """Headless Chromium at 1280 px: the summary on the first screen, every chart loads, nothing too wide, and the
+    page asks the network for nothing."""
+    from browser import inspect_page
+
+    _, p = smoke_run
+    for name in ("index", "03_benchmark"):
+        facts = inspect_page(p.report_dir / f"{name}.html", width=1280, height=800)
+        summary = facts["element_tops"]["summary"]
+        assert summary["top"] < 800 and "distilled student is" in summary["text"], (name, summary)
+        assert "distilled student is" in facts["first_screen_text"], name
+        assert facts["images"] and not facts["broken_images"], (name, facts["broken_images"])
+        assert not facts["too_wide"], (name, facts["too_wide"][:5])
+        assert facts["requests"] == [], (name, facts["requests"])
+
+
 def _ran(project, *args):
     res = run_in_project(project, "run", "params/smoke.yaml", *args)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]

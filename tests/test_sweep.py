@@ -131,19 +131,19 @@ def test_sweep_stages_follow_the_registry(base):
     assert len([d for d in st["sweep-summary"].deps if d.endswith("q.json")]) == 2 + 4 + 1
 
 
-def test_report_note_says_when_there_is_no_sweep_and_whether_it_came_from_this_runs_models(base, monkeypatch):
-    assert "No seed sweep for this run yet" in sweep.report_note(base)
+def test_paired_gain_is_given_only_for_this_runs_own_base_models(base, monkeypatch):
+    pair, why = sweep.paired_gain(base)
+    assert pair is None and "no seed sweep of this run yet" in why
     folder = sweep.sweeps_dir(base)
     folder.mkdir(parents=True)
-    (folder / "summary.txt").write_text("the summary table\n")
-    (folder / "summary.json").write_text(json.dumps({"base_models": "aaaa1111"}))
+    row = {"sweep": "default", "variant": "distilled", "vs": "default/ce_baseline", "f1_diff_mean": -3.3}
+    (folder / "summary.json").write_text(json.dumps({"base_models": "aaaa1111", "paired_differences": [row]}))
     monkeypatch.setattr(sweep, "base_models", lambda b: "aaaa1111")
-    note = sweep.report_note(base)
-    assert "trained from this run's teacher and pruned student (base models aaaa1111)" in note
-    assert "the summary table" in note
+    assert sweep.paired_gain(base) == (row, "")
+    assert sweep.paired_gain(base, "other")[0] is None
     monkeypatch.setattr(sweep, "base_models", lambda b: "bbbb2222")
-    note = sweep.report_note(base)
-    assert note.split(": ", 1)[1].startswith("NOT FROM THIS RUN'S MODELS") and "(aaaa1111)" in note
+    pair, why = sweep.paired_gain(base)
+    assert pair is None and "other base models" in why
 
 
 def test_base_models_come_from_dvc_lock(base):

@@ -1,8 +1,9 @@
-"""Command line: `python -m distill run|validate|pipeline|status|dag|sweep|params|stage` (see `--help`)."""
+"""Command line: `python -m distill run|validate|pipeline|status|dag|sweep|params|squad-subset|stage` (`--help`)."""
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,6 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="a params key changed for this sweep's students, e.g. --set distill_positions=answer")
     sub.add_parser("params", help="list every params key with its type, default and meaning")
+    subset = sub.add_parser("squad-subset", help="the SQuAD v1.1 dev file restricted to a run's scored questions, in "
+                            "the official layout: the official evaluate-v1.1.py re-scores predictions_<model>.json "
+                            "against it")
+    subset.add_argument("results_json", help="reports/<run>/results.json")
+    subset.add_argument("out", help="where to write the dev subset (JSON)")
     stage = sub.add_parser("stage", help="(what DVC runs) one pipeline stage of a run's resolved params file")
     stage.add_argument("params_file", help="pipelines/<run>/params.yaml")
     stage.add_argument("kind", help="teacher, train, merge, score, speed or report")
@@ -51,6 +57,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "sweep":
         return _sweep(args)
+    if args.command == "squad-subset":
+        from .official import write_dev_subset
+
+        n = write_dev_subset(args.results_json, args.out)
+        print(f"wrote {args.out}: {n} questions; re-score with: python evaluate-v1.1.py {args.out} "
+              f"{Path(args.results_json).parent}/predictions_<model>.json")
+        return 0
     if args.command == "stage":
         from .pipeline import die_with_run
         from .stage import main as stage_main

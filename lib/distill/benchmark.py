@@ -9,6 +9,7 @@ import json
 import math
 import resource
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -29,10 +30,11 @@ def eos_ids(model, tokenizer) -> list[int]:
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int,
              device: torch.device | str = "cpu", warmup_batches: int = 0,
-             min_new_tokens: int = 0) -> tuple[list[str], float]:
+             min_new_tokens: int = 0, progress: str = "") -> tuple[list[str], float]:
     """Greedy answers for prompt id lists, batched with left padding; returns (texts, timed seconds).
 
     Warm-up batches run first and are not timed. `min_new_tokens` keeps decoding past the end of the answer.
+    With `progress` (a label) each batch prints a line on stderr: a long scoring run shows where it is.
     """
     model.eval()
     batches = [prompts[i:i + batch_size] for i in range(0, len(prompts), batch_size)]
@@ -45,7 +47,7 @@ def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, ba
         enc = pad_batch([{"input_ids": x} for x in b], tokenizer.pad_token_id, side="left")
         model.generate(**{k: v.to(device) for k, v in enc.items()}, **kwargs)
     texts, elapsed = [], 0.0
-    for b in batches:
+    for i, b in enumerate(batches, 1):
         enc = pad_batch([{"input_ids": x} for x in b], tokenizer.pad_token_id, side="left")
         start = time.perf_counter()
         out = model.generate(**{k: v.to(device) for k, v in enc.items()}, **kwargs)
@@ -54,6 +56,9 @@ def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, ba
         elapsed += time.perf_counter() - start
         new = out[:, enc["input_ids"].shape[1]:]
         texts += tokenizer.batch_decode(new, skip_special_tokens=True)
+        if progress:
+            print(f"[{progress}] generated batch {i}/{len(batches)} ({len(texts)} answers, {elapsed:.0f} s)",
+                  file=sys.stderr, flush=True)
     return texts, elapsed
 
 
@@ -113,11 +118,12 @@ def request_latency(model, tokenizer, rows: list[dict[str, Any]], *, max_length:
 
 
 def evaluate(model, tokenizer, rows: list[dict[str, Any]], *, max_length: int, max_new_tokens: int,
-             batch_size: int, seed: int, device="cpu", warmup_batches: int = 0) -> dict[str, Any]:
-    """EM/F1 from greedy answers, teacher-forced loss and accuracy, latency and throughput."""
+             batch_size: int, seed: int, device="cpu", warmup_batches: int = 0, progress: str = "") -> dict[str, Any]:
+    """EM/F1 from greedy answers, teacher-forced loss and accuracy, batched generation time and throughput."""
     gen = encode_examples(rows, tokenizer, max_length, seed, with_answer=False, reserve=max_new_tokens)
     prompt_ids = [f["input_ids"] for f in prompt_features(gen.features)]
-    raw, seconds = generate(model, tokenizer, prompt_ids, max_new_tokens, batch_size, device, warmup_batches)
+    raw, seconds = generate(model, tokenizer, prompt_ids, max_new_tokens, batch_size, device, warmup_batches,
+                            progress=progress)
     predictions = [metrics.postprocess_answer(t) for t in raw]
     references = [f["references"] for f in gen.features]
     scores = metrics.squad_scores(predictions, references)
@@ -156,6 +162,10 @@ def run_model_benchmark(spec: dict[str, Any]) -> dict[str, Any]:
         result = time_generation(model, tokenizer, rows, max_length=spec["max_length"],
                                  max_new_tokens=spec["max_new_tokens"], batch_size=spec["batch_size"],
                                  seed=spec["seed"], device=device, warmup_batches=spec.get("warmup_batches", 1))
+        if spec.get("latency_prompts"):  # one request at a time, as a user sends them
+            result.update(request_latency(model, tokenizer, rows[:spec["latency_prompts"]],
+                                          max_length=spec["max_length"], max_new_tokens=spec["max_new_tokens"],
+                                          seed=spec["seed"], device=device))
     result["params_m"] = count_params(model) / 1e6
     result["memory_footprint_mb"] = model.get_memory_footprint() / 1e6
     if spec.get("load_in_4bit"):

@@ -108,13 +108,14 @@ def stages(base: StudyParams) -> list:
     out.append(Stage("capacity-report", ["capacity-report"],
                      ["run_name", "capacity_keep", "capacity_seeds", "capacity_questions"],
                      deps=["notebooks/04_capacity.py", f"{lib}/capacity_report.py", f"{lib}/plots.py", f"{lib}/runner.py",
+                           f"{lib}/summaries.py",
                            f"{lib}/stats.py", *score_files],
                      reports=[f"{rep}/{f}" for f in REPORT_FILES] + [f"{rel(base.run_dir)}/executed/04_capacity.ipynb"],
                      notebook="04_capacity", title="Capacity: how small can the student get?"))
     return out
 
 
-REPORT_FILES = ("04_capacity.html", "capacity.json", "capacity_table.csv", "capacity_f1_vs_params.png",
+REPORT_FILES = ("capacity.json", "capacity_table.csv", "capacity_f1_vs_params.png",
                 "capacity_f1_vs_latency.png", "capacity_distillation_gain.png")
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from . import data, models
+from . import data, models, paths
 from .params import StudyParams
 from .study import load_student, merged_dir, variant_dir
 
@@ -72,6 +72,6 @@ def merge_variant(p: StudyParams, variant: str, device: torch.device, probe_rows
             raise RuntimeError(f"{variant}: the saved model, loaded alone, differs from the adapter model by "
                                f"{reload_diff[0]:.2e} (> {tolerance:.0e}); {out} was left as it was")
     models.atomic_save_pretrained(merged, tokenizer, out, extra=finish)
-    return {"variant": variant, "deploy_dir": str(out), "max_abs_logit_diff": check["max_abs_logit_diff"],
+    return {"variant": variant, "deploy_dir": paths.shown(out), "max_abs_logit_diff": check["max_abs_logit_diff"],
             "reloaded_max_abs_logit_diff": reload_diff[0], "tolerance": tolerance,
             "size_mb": models.folder_size_mb(out)}

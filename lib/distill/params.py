@@ -127,8 +127,8 @@ class StudyParams:
                                       "no grid")
     capacity_seeds: list[int] = _f([0, 1, 2], "capacity grid: training seeds; every size sees the same examples per seed")
     capacity_questions: int = _f(300, "capacity grid: validation questions every model is scored on", min=1)
-    latency_prompts: int = _f(24, "capacity grid: questions answered one at a time (batch 1) to time each model's "
-                                  "per-request latency", min=1)
+    latency_prompts: int = _f(24, "questions answered one at a time (batch 1) to time each model's per-request "
+                                  "latency: the first N of the scored ones (speed stages: at most bench_size)", min=1)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

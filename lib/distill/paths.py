@@ -62,3 +62,11 @@ def resolve(path: str | os.PathLike) -> Path:
     """A params path: absolute as given, relative ones against the project root."""
     p = Path(path).expanduser()
     return p if p.is_absolute() else PROJECT_ROOT / p
+
+
+def shown(path: Path | str) -> str:
+    """A path as a reader should see it: relative to the project when it lies inside (a report names no machine)."""
+    try:
+        return Path(path).resolve().relative_to(PROJECT_ROOT).as_posix()
+    except ValueError:
+        return str(path)

@@ -112,7 +112,7 @@ def stages(p: StudyParams) -> list[Stage]:
     common = [f"{lib}/{m}.py" for m in ("params", "data", "models", "sources", "tiny", "study", "paths", "stage")]
     train_code = [f"{lib}/training.py", f"{lib}/trainer.py", f"{lib}/losses.py"]
     scoring_code = [f"{lib}/benchmark.py", f"{lib}/metrics.py"]
-    notebook_code = [f"{lib}/plots.py", f"{lib}/runner.py"]
+    notebook_code = [f"{lib}/plots.py", f"{lib}/runner.py", f"{lib}/summaries.py"]
     out: list[Stage] = []
 
     made = []  # the teacher and pruned student, when the run makes them
@@ -120,7 +120,7 @@ def stages(p: StudyParams) -> list[Stage]:
         made.append(rel(study.tuned_teacher_dir(p)))
     if p.student == "prune":
         made.append(rel(study.student_init_dir(p)))
-    teacher_reports = ["00_teacher.html", "teacher.json", "teacher_em_f1.png"]
+    teacher_reports = ["teacher.json", "teacher_em_f1.png"]
     if p.teacher_finetune:
         teacher_reports.append("teacher_finetune_loss.png")
     if p.student == "prune":
@@ -147,7 +147,7 @@ def stages(p: StudyParams) -> list[Stage]:
         out.append(train_stage(p, variant, f"train-{variant}", ["train", variant]))
 
     merged = [rel(study.merged_dir(p, v), "deploy_dir") for v in ("ce_baseline", "distilled")]
-    merge_reports = ["02_merge.html", "merge.json", "merge_logit_check.png"]
+    merge_reports = ["merge.json", "merge_logit_check.png"]
     if p.qualitative_examples:
         merge_reports.append("answers_side_by_side.csv")
     out.append(Stage(
@@ -165,18 +165,18 @@ def stages(p: StudyParams) -> list[Stage]:
         model_deps = [rel(source, "deploy_dir")] if source is not None else []
         out.append(Stage(f"score-{model}", ["score", model], keys, deps=[*common, *scoring_code, *model_deps],
                          outs=[rel(scores_file(p, model))], title=f"EM/F1 and answer loss: {model}"))
-        out.append(Stage(f"speed-{model}", ["speed", model], keys + ["bench_warmup"],
+        out.append(Stage(f"speed-{model}", ["speed", model], keys + ["bench_warmup", "latency_prompts"],
                          deps=[*common, *scoring_code, *model_deps], outs=[rel(speed_file(p, model))],
                          title=f"latency, throughput, memory: {model} alone in its process"))
 
-    bench_reports = ["03_benchmark.html", "results.txt", "results.csv", "results.json", "results.md",
+    bench_reports = ["results.txt", "results.csv", "results.json", "results.md",
                      "f1_vs_latency.png"]
     from .results import METRICS
 
-    bench_reports += [f"{col}_by_model.png" for col, _, _ in METRICS]
+    bench_reports += [f"{col}_by_model.png" for col, _, _ in METRICS] + [f"predictions_{m}.json" for m in MODELS]
     out.append(Stage(
         "report", ["report"], ["run_name", "seed", "bench_size", "max_new_tokens", "bench_batch_size"],
-        deps=["notebooks/03_benchmark.py", f"{lib}/results.py", f"{lib}/plots.py", f"{lib}/runner.py",
+        deps=["notebooks/03_benchmark.py", f"{lib}/results.py", *notebook_code,
               *[rel(scores_file(p, m)) for m in MODELS], *[rel(speed_file(p, m)) for m in MODELS]],
         reports=[f"{rep}/{f}" for f in bench_reports] + [f"{run}/executed/03_benchmark.ipynb"],
         metrics=[f"{rep}/metrics.json"], notebook="03_benchmark", title="Teacher vs students: size, speed, memory, EM/F1"))
@@ -214,13 +214,13 @@ def train_stage(p: StudyParams, variant: str, name: str, args: list[str]) -> Sta
         keys += ["teacher_cache", "teacher_cache_k", "kd_sparse_tail"]
         cache_view = [rel(teacher_cache.view_file(study.base_run_dir(vp), vp))]
     report_name = TRAIN_REPORTS[variant]
-    files = [f"{report_name}.html", f"token_lengths_{variant}.png", f"loss_components_{variant}.png",
+    files = [f"token_lengths_{variant}.png", f"loss_components_{variant}.png",
              f"log_history_{variant}.json"]
     if p.recovery_steps:
         files.append(f"recovery_loss_components_{variant}.png")
     made = [rel(d) for d in base_models_dirs(p)]
     code = [f"{lib}/{m}.py" for m in ("params", "data", "models", "sources", "tiny", "study", "paths", "stage",
-                                      "training", "trainer", "losses", "plots", "runner", "teacher_cache")]
+                                      "training", "trainer", "losses", "plots", "runner", "summaries", "teacher_cache")]
     return Stage(name, args, keys, deps=["notebooks/01_distill.py", *code, *made, *cache_view],
                  persist=[rel(study.variant_dir(p, variant))],
                  reports=[f"{rep}/{f}" for f in files] + [f"{run}/executed/{report_name}.ipynb"],

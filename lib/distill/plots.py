@@ -5,35 +5,44 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import MaxNLocator, StrMethodFormatter
 
 from . import stats
 
 COMPONENTS = ("total", "ce", "kd", "hidden")
 
 
-def save(fig, folder: Path, name: str) -> None:
-    """Write `<folder>/<name>.png`; in a notebook the inline backend also shows the figure."""
+def save(fig, folder: Path, name: str, show: bool = True) -> None:
+    """Write `<folder>/<name>.png`; in a notebook the inline backend also shows the figure unless `show` is off
+    (a summary shows its chart from the file, once)."""
     folder.mkdir(parents=True, exist_ok=True)
     fig.savefig(folder / f"{name}.png", dpi=110, bbox_inches="tight")
+    if not show:
+        plt.close(fig)
 
 
 def loss_components(log_history: list[dict[str, Any]], title: str):
     """Each loss term over optimizer steps, train (solid) and eval (dashed), on its own panel."""
     present = [c for c in COMPONENTS if any(f"train_{c}" in e or f"eval_{c}" in e for e in log_history)]
-    fig, axes = plt.subplots(1, len(present), figsize=(4 * len(present), 3.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(present), figsize=(3.6 * len(present), 3.2), squeeze=False)
     for ax, comp in zip(axes[0], present):
         for split, style in (("train", "-o"), ("eval", "--s")):
             pts = [(e["step"], e[f"{split}_{comp}"]) for e in log_history if f"{split}_{comp}" in e]
             if pts:
                 ax.plot(*zip(*pts), style, label=split, markersize=3)
-        ax.set_title(comp)
-        ax.set_xlabel("step")
-        ax.legend()
+        ax.set_title(COMPONENT_TITLES.get(comp, comp), fontsize=10)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("loss (nats)" if comp != "hidden" else "normalised MSE")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+COMPONENT_TITLES = {"total": "total (weighted sum)", "ce": "CE on the gold answer", "kd": "teacher divergence (x T²)",
+                    "hidden": "hidden-state MSE"}
 
 
 def token_lengths(lengths: list[int], max_length: int, title: str):
@@ -60,33 +69,42 @@ def layer_importance(importance: list[float], kept: list[int], title: str):
 
 
 def metric_bars(table, metric: str, reference: str, title: str, ylabel: str):
-    """One bar per model; each bar annotated with its ratio to `reference` (the teacher)."""
+    """One bar per model, annotated with its value and how it compares with `reference` (the teacher), in the
+    same words as the results table ("1.35x faster", "76% of the teacher")."""
+    from .results import DIGITS, versus_teacher
+
     fig, ax = plt.subplots(figsize=(6.5, 3.2))
     names = list(table.index)
     values = [float(table.loc[n, metric]) for n in names]
     ref = float(table.loc[reference, metric])
     bars = ax.bar(names, values, color=["#dd8452" if n == reference else "#4c72b0" for n in names])
-    for bar, v in zip(bars, values):
-        ratio = f"{v / ref:.2f}x" if ref else "n/a"
-        ax.annotate(f"{v:.3g}\n({ratio})", (bar.get_x() + bar.get_width() / 2, v), ha="center", va="bottom",
-                    fontsize=8)
+    for bar, name, v in zip(bars, names, values):
+        note = "" if name == reference else "\n" + versus_teacher(metric, v, ref).replace(" of the teacher", "")
+        ax.annotate(f"{v:,.{DIGITS.get(metric, 2)}f}{note}", (bar.get_x() + bar.get_width() / 2, v), ha="center",
+                    va="bottom", fontsize=8)
     ax.set_ylabel(ylabel)
+    ax.yaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}" if max(values) >= 100 else "{x:,.4g}"))
     ax.set_title(title)
-    ax.margins(y=0.25)
+    ax.margins(y=0.3)
     plt.setp(ax.get_xticklabels(), rotation=15, ha="right")
     fig.tight_layout()
     return fig
 
 
-def f1_vs_latency(table, title: str):
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for name, row in table.iterrows():
-        ax.scatter(row["latency_ms_per_example"], row["f1"], s=20 + row["params_m"] * 2, label=name, alpha=0.85)
+def f1_vs_latency(table, title: str, latency: str = "latency_batch1_ms_median"):
+    """Each model's F1 against its per-request latency; the legend names each model's size (no marker sizes to
+    decode)."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    markers = "*osD^v"
+    for (name, row), marker in zip(table.iterrows(), markers):
+        ax.scatter(row[latency], row["f1"], s=110 if marker == "*" else 45, marker=marker, alpha=0.85,
+                   label=f"{name} ({row['params_m']:.3g} M parameters)")
     # a legend, not labels at the points: students of one size and speed sit on top of each other
-    ax.legend(fontsize=8, markerscale=0.4, loc="best")
-    ax.set_xlabel("latency (ms per example, greedy)")
-    ax.set_ylabel("SQuAD F1")
-    ax.set_title(title + " (marker size: parameters)")
+    ax.legend(fontsize=8, loc="best")
+    ax.set_xlabel("latency per question, batch 1, median (ms; left is faster)")
+    ax.set_ylabel("SQuAD F1 (%)")
+    ax.xaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
@@ -114,20 +132,23 @@ def scores_bars(named_scores: dict[str, dict[str, float]], title: str):
 
 def merge_check(merges: list[dict[str, Any]], title: str):
     """Largest logit change against the adapter model, for the merged model in memory and for the saved folder
-    loaded alone, per variant, against the tolerance (log scale)."""
-    fig, ax = plt.subplots(figsize=(6, 3.2))
+    loaded alone, per variant, as a share of the tolerance (the red line at 100%: a bar under it passes)."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.2))
     names = [m["variant"] for m in merges]
     width = 0.38
     for j, (key, label) in enumerate((("max_abs_logit_diff", "merged in memory"),
                                       ("reloaded_max_abs_logit_diff", "saved folder, loaded alone"))):
         xs = [i + (j - 0.5) * width for i in range(len(names))]
-        ax.bar(xs, [max(m.get(key, 0.0), 1e-12) for m in merges], width, label=label)
+        shares = [100 * m.get(key, 0.0) / m["tolerance"] for m in merges]
+        ax.bar(xs, shares, width, label=label)
+        for x, m, v in zip(xs, merges, shares):
+            ax.annotate(f"{m.get(key, 0.0):.1e}", (x, v), ha="center", va="bottom", fontsize=8)
     ax.set_xticks(range(len(names)), names)
-    ax.axhline(merges[0]["tolerance"], color="red", linestyle="--", label=f"tolerance {merges[0]['tolerance']:.0e}")
-    ax.set_yscale("log")
-    ax.set_ylabel("max |logit - logit(adapter)|")
+    ax.axhline(100, color="red", linestyle="--", label=f"tolerance {merges[0]['tolerance']:.0e} (100%)")
+    ax.set_ylim(0, 115)
+    ax.set_ylabel("max |logit change| (% of tolerance)")
     ax.set_title(title)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper right")
     fig.tight_layout()
     return fig
 
@@ -135,6 +156,8 @@ def merge_check(merges: list[dict[str, Any]], title: str):
 def line(xs, ys, xlabel: str, ylabel: str, title: str):
     fig, ax = plt.subplots(figsize=(5.5, 3.2))
     ax.plot(xs, ys, "-o")
+    if all(float(x).is_integer() for x in xs):  # steps and layer counts: no 2.5 ticks
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)

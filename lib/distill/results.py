@@ -9,22 +9,31 @@ import pandas as pd
 
 from . import paths
 
-# (column, label, better): better says which direction is an improvement
+# (column, label, how a student compares with the teacher): "smaller", "faster", "leaner" read as "N x <word>"
+# the teacher's way round (always >= 1, the opposite word when the student is worse); "share" is the student's
+# percentage of the teacher's score; "nats" the difference in nats.
 METRICS = [
-    ("params_m", "parameters (M)", "lower"),
-    ("disk_mb", "disk size (MB)", "lower"),
-    ("latency_ms_per_example", "latency (ms/example)", "lower"),
-    ("throughput_examples_per_s", "throughput (examples/s)", "higher"),
-    ("peak_memory_mb", "peak memory (MB)", "lower"),
-    ("exact_match", "SQuAD EM (%)", "higher"),
-    ("f1", "SQuAD F1 (%)", "higher"),
-    ("answer_loss", "answer loss (nats, teacher-forced)", "lower"),
-    ("top1_accuracy", "answer top-1 accuracy", "higher"),
+    ("params_m", "parameters (M)", "smaller"),
+    ("disk_mb", "disk size (MB)", "smaller"),
+    ("latency_batch1_ms_median", "latency, batch 1, median (ms)", "faster"),
+    ("latency_batch1_ms_p90", "latency, batch 1, p90 (ms)", "faster"),
+    ("latency_batch1_fixed_ms_median", "latency, batch 1, fixed length, median (ms)", "faster"),
+    ("throughput_examples_per_s", "throughput, batched (answers/s)", "faster"),
+    ("peak_memory_mb", "peak memory (MB)", "leaner"),
+    ("exact_match", "SQuAD EM (%)", "share"),
+    ("f1", "SQuAD F1 (%)", "share"),
+    ("answer_loss", "answer loss (nats, teacher-forced)", "nats"),
+    ("top1_accuracy", "answer top-1 accuracy", "share"),
 ]
-# how many decimals the Markdown table (README) shows per metric
-MARKDOWN_DIGITS = {"params_m": 1, "disk_mb": 0, "latency_ms_per_example": 0, "throughput_examples_per_s": 2,
-                   "peak_memory_mb": 0, "exact_match": 1, "f1": 1, "answer_loss": 3, "top1_accuracy": 3}
+LOWER_IS_BETTER = {"params_m", "disk_mb", "latency_batch1_ms_median", "latency_batch1_ms_p90",
+                   "latency_batch1_fixed_ms_median", "peak_memory_mb", "answer_loss"}
+OPPOSITE = {"smaller": "larger", "faster": "slower", "leaner": "heavier"}
+# how many decimals the tables show per metric
+DIGITS = {"params_m": 1, "disk_mb": 0, "latency_batch1_ms_median": 0, "latency_batch1_ms_p90": 0,
+          "latency_batch1_fixed_ms_median": 0, "throughput_examples_per_s": 2, "peak_memory_mb": 0, "exact_match": 1,
+          "f1": 1, "answer_loss": 3, "top1_accuracy": 3}
 TEACHER, BEFORE, BASELINE, DISTILLED = "teacher", "student (before training)", "CE-only student", "distilled student"
+MODEL_KEYS = {TEACHER: "teacher", BEFORE: "student_before", BASELINE: "ce_baseline", DISTILLED: "distilled"}
 
 
 def table(results: dict[str, dict[str, Any]]) -> pd.DataFrame:
@@ -32,49 +41,71 @@ def table(results: dict[str, dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame({name: {m: r[m] for m, _, _ in METRICS} for name, r in results.items()}).T
 
 
-def _ratio(student: float, teacher: float, better: str) -> str:
+def versus_teacher(metric: str, student: float, teacher: float) -> str:
+    """The student against the teacher, in words that read one way: "1.35x faster", "1.19x smaller", "76% of the
+    teacher", "+0.210 nats"."""
+    kind = next(k for col, _, k in METRICS if col == metric)
+    if kind == "nats":
+        return f"{student - teacher:+.3f} nats"
     if not teacher or not student:
         return "n/a"
-    r = teacher / student if better == "lower" else student / teacher
-    return f"{r:.2f}x"
+    if kind == "share":
+        return f"{100 * student / teacher:.0f}% of the teacher"
+    ratio = teacher / student if metric in LOWER_IS_BETTER else student / teacher
+    return f"{ratio:.2f}x {kind}" if ratio >= 1 else f"{1 / ratio:.2f}x {OPPOSITE[kind]}"
+
+
+def _cell(metric: str, value: float) -> str:
+    return f"{value:,.{DIGITS[metric]}f}"
+
+
+def comparison_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """Metrics as rows, models as columns (rounded for reading), then the distilled student against the teacher and
+    against the CE-only student: the table every report and the README show."""
+    names = list(df.index)
+    rows = {}
+    for col, label, _ in METRICS:
+        row = {n: _cell(col, float(df.loc[n, col])) for n in names}
+        if DISTILLED in names and TEACHER in names:
+            row["distilled vs teacher"] = versus_teacher(col, float(df.loc[DISTILLED, col]), float(df.loc[TEACHER, col]))
+        if DISTILLED in names and BASELINE in names:
+            gap = float(df.loc[DISTILLED, col]) - float(df.loc[BASELINE, col])
+            row["distilled - CE-only"] = f"{gap:+,.{DIGITS[col]}f}"
+        rows[label] = row
+    return pd.DataFrame(rows).T.rename_axis("metric")
 
 
 def comparison_text(df: pd.DataFrame, meta: dict[str, Any]) -> str:
     """The table as text: every model, then the distilled student vs the teacher and vs the CE-only student."""
     lines = [f"distill-study results: run {meta['run_name']}, {meta['n_examples']} SQuAD v1.1 validation questions, "
-             f"greedy decoding, max_new_tokens {meta['max_new_tokens']}, batch {meta['batch_size']}, device {meta['device']}",
+             f"greedy decoding, max_new_tokens {meta['max_new_tokens']}, device {meta['device']}",
+             f"latency: one question at a time (batch 1), median and 90th percentile over {meta.get('latency_prompts', '?')} "
+             f"of them, until the answer ends or at a fixed {meta['max_new_tokens']} new tokens; throughput: "
+             f"batches of {meta['batch_size']}",
              f"peak memory: {meta['memory_kind']}; teacher disk: {meta['teacher_disk_kind']}", ""]
-    names = list(df.index)
-    width = max(len(lbl) for _, lbl, _ in METRICS) + 2
-    header = f"{'metric':<{width}}" + "".join(f"{n:>26}" for n in names)
-    header += f"{'distilled vs teacher':>24}{'distilled - CE-only':>22}"
-    lines += [header, "-" * len(header)]
-    for col, label, better in METRICS:
-        row = f"{label:<{width}}" + "".join(f"{float(df.loc[n, col]):>26.4g}" for n in names)
-        if DISTILLED in df.index and TEACHER in df.index:
-            row += f"{_ratio(float(df.loc[DISTILLED, col]), float(df.loc[TEACHER, col]), better):>24}"
-        if DISTILLED in df.index and BASELINE in df.index:
-            row += f"{float(df.loc[DISTILLED, col]) - float(df.loc[BASELINE, col]):>+22.4g}"
-        lines.append(row)
-    lines += ["", "ratio column: how many times better the distilled student is than the teacher "
-              "(smaller, faster, leaner; < 1x means worse)"]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + comparison_frame(df).to_string() + "\n"
 
 
 def markdown_table(df: pd.DataFrame) -> str:
     """The table as Markdown for the README, rounded for reading; results.json keeps the full precision."""
-    names = list(df.index)
-    compare = DISTILLED in names and TEACHER in names and BASELINE in names
-    header = ["metric", *names] + (["distilled vs teacher", "distilled - CE-only"] if compare else [])
+    frame = comparison_frame(df)
+    header = ["metric", *frame.columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for col, label, better in METRICS:
-        d = MARKDOWN_DIGITS[col]
-        cells = [label] + [f"{float(df.loc[n, col]):.{d}f}" for n in names]
-        if compare:
-            distilled, gap = float(df.loc[DISTILLED, col]), float(df.loc[DISTILLED, col]) - float(df.loc[BASELINE, col])
-            cells += [_ratio(distilled, float(df.loc[TEACHER, col]), better), f"{gap:+.{d}f}"]
-        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["| " + " | ".join([label, *row]) + " |" for label, row in zip(frame.index, frame.values.tolist())]
     return "\n".join(lines) + "\n"
+
+
+def prediction_files(results: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """`predictions_<model>.json` per scored model in the official SQuAD v1.1 format ({question id: answer}): the
+    official evaluation script re-scores them against the dev file restricted to results.json's question ids."""
+    out = {}
+    for name, r in results.items():
+        ids, answers = r["question_ids"], r["predictions"]
+        if len(ids) != len(answers) or len(set(ids)) != len(ids):
+            raise ValueError(f"{name}: {len(ids)} question ids for {len(answers)} predictions (or repeated ids); "
+                             "re-run its score stage")
+        out[f"predictions_{MODEL_KEYS.get(name, name)}.json"] = json.dumps(dict(zip(ids, answers)), indent=1)
+    return out
 
 
 def write(df: pd.DataFrame, results: dict[str, dict[str, Any]], meta: dict[str, Any], folder: Path) -> None:
@@ -86,9 +117,9 @@ def write(df: pd.DataFrame, results: dict[str, dict[str, Any]], meta: dict[str, 
                                                                  if k not in ("references",)}
                                                              for n, r in results.items()}}, indent=1, default=str),
     }
+    files.update(prediction_files(results))
     # small and flat, for `dvc metrics show` / `dvc metrics diff` across runs and commits
-    keys = {TEACHER: "teacher", BEFORE: "student_before", BASELINE: "ce_baseline", DISTILLED: "distilled"}
-    metrics = {keys.get(name, name): {col: float(df.loc[name, col]) for col, _, _ in METRICS} for name in df.index}
+    metrics = {MODEL_KEYS.get(name, name): {col: float(df.loc[name, col]) for col, _, _ in METRICS} for name in df.index}
     files["metrics.json"] = json.dumps(metrics, indent=1)
     for name, text in files.items():
         paths.write_text_atomic(folder / name, text)

@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 import datetime as dt
-import html
 import json
 import logging
 import os
 import platform
 import re
 import subprocess
+import sys
+import tempfile
 import time
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -78,19 +80,10 @@ def redact(text: str) -> str:
     return re.sub(r"hf_[A-Za-z0-9]{30,}", "***redacted***", text)
 
 
-# Reports that open with their answer: rendered without code cells (the source notebook is one link away).
-CODE_FREE_REPORTS = {"04_capacity"}
+def render_html(executed: Path, out_html: Path, notebook: str, run_name: str) -> None:
+    from .render import render
 
-
-def render_html(executed: Path, out_html: Path, exclude_input: bool = False) -> None:
-    import nbformat
-    from nbconvert import HTMLExporter
-
-    nb = nbformat.read(executed, as_version=4)
-    exporter = HTMLExporter(template_name="lab", exclude_input=exclude_input, exclude_input_prompt=exclude_input,
-                            exclude_output_prompt=exclude_input)
-    body, _ = exporter.from_notebook_node(nb)
-    paths.write_text_atomic(out_html, redact(body))
+    render(executed, out_html, notebook, run_name)
 
 
 def quiet_papermill() -> None:
@@ -105,27 +98,34 @@ def execute_step(name: str, notebook: str, values: dict[str, Any], executed_dir:
     executed = executed_dir / f"{name}.ipynb"
     html_out = report_dir / f"{name}.html"
     start = time.perf_counter()
+    run_name = str(values.get("run_name", ""))
+    print(f"[{run_name} {name}] running notebooks/{notebook}.py; its progress follows", file=sys.stderr, flush=True)
     try:
-        pm.execute_notebook(nb, str(executed), parameters=values, kernel_name="python3",
-                            cwd=str(paths.NOTEBOOKS_DIR), progress_bar=True,
-                            log_output=False, report_mode=False)
+        with ipc_kernel() as config:
+            # the kernel's stdout and stderr stream to this terminal as they come (training steps, generation
+            # batches); papermill's cell counter would say nothing for minutes
+            pm.execute_notebook(nb, str(executed), parameters=values, kernel_name="python3",
+                                cwd=str(paths.NOTEBOOKS_DIR), progress_bar=False, log_output=False, report_mode=False,
+                                stdout_file=sys.stdout, stderr_file=sys.stderr, config=config)
     except pm.PapermillExecutionError as err:
-        render_html(executed, html_out, notebook in CODE_FREE_REPORTS)
+        render_html(executed, html_out, notebook, run_name)
         raise StepFailed(f"notebook {notebook} ({name}) failed in cell {err.exec_count} "
-                         f"with {err.ename}: {err.evalue}; see {_shown(html_out)}") from None
+                         f"with {err.ename}: {err.evalue}; see {paths.shown(html_out)}") from None
     finally:
         if executed.exists():
             _redact_file(executed)
-    render_html(executed, html_out, notebook in CODE_FREE_REPORTS)
+    render_html(executed, html_out, notebook, run_name)
     return time.perf_counter() - start
 
 
-def _shown(path: Path) -> str:
-    """A path as the user should read it: relative to the project when it lies inside."""
-    try:
-        return str(Path(path).resolve().relative_to(paths.PROJECT_ROOT))
-    except ValueError:
-        return str(path)
+@contextmanager
+def ipc_kernel():
+    """Kernel manager settings for Unix sockets in a private temp folder: no TCP ports, so ipykernel has no
+    unencrypted transport to warn about at every step (the client still starts and stops the kernel)."""
+    from traitlets.config import Config
+
+    with tempfile.TemporaryDirectory(prefix="distill-kernel-") as folder:
+        yield Config({"KernelManager": {"transport": "ipc", "ip": str(Path(folder) / "kernel")}})
 
 
 def _redact_file(path: Path) -> None:
@@ -136,23 +136,9 @@ def _redact_file(path: Path) -> None:
 
 
 def write_index(p: StudyParams, manifest: dict[str, Any]) -> Path:
-    rows = []
-    for s in manifest["steps"]:
-        link = f'<a href="{s["name"]}.html">{html.escape(s["name"])}</a>' if s["status"] != "not run" else s["name"]
-        wall = f'{s["wall_s"]:.1f}' if s.get("wall_s") is not None else ""
-        rows.append(f"<tr><td>{link}</td><td>{html.escape(s['title'])}</td><td>{s['status']}</td>"
-                    f"<td style='text-align:right'>{wall}</td></tr>")
-    listed = ("results.txt", "results.csv", "results.json", "sweeps/summary.txt")
-    extras = "".join(f'<li><a href="{n}">{n}</a></li>' for n in listed if (p.report_dir / n).exists())
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>distill-study: {html.escape(p.run_name)}</title>
-<style>body{{font-family:sans-serif;max-width:960px;margin:2em auto}}td,th{{padding:4px 10px;border-bottom:1px solid #ddd}}
-pre{{background:#f6f6f6;padding:1em;overflow:auto}}</style></head><body>
-<h1>distill-study run <code>{html.escape(p.run_name)}</code></h1>
-<p>Status: <b>{manifest['status']}</b>. Started {manifest['start']}, ended {manifest['end']},
-wall time {manifest['wall_s']:.1f} s. Commit <code>{manifest['git']['commit'][:12]}</code>{' (uncommitted changes)' if manifest['git']['dirty'] else ''}.</p>
-<table><tr><th>notebook</th><th>what it does</th><th>status</th><th>wall s</th></tr>{''.join(rows)}</table>
-{f'<h2>Results</h2><ul>{extras}</ul>' if extras else ''}
-<h2>Manifest</h2><pre>{html.escape(json.dumps(manifest, indent=1, default=str))}</pre></body></html>"""
+    from .render import index_page
+
+    page = index_page(p, manifest)
     out = p.report_dir / "index.html"
     paths.write_text_atomic(out, redact(page))
     paths.write_text_atomic(p.report_dir / "manifest.json", redact(json.dumps(manifest, indent=1, default=str)))
@@ -174,7 +160,7 @@ def run_study(p: StudyParams, only: list[str] | None = None, log=print, force: b
     start = dt.datetime.now(dt.timezone.utc)
     with pipeline.run_lock(p):
         dvcfile = pipeline.write_pipeline(p)
-        log(f"run {p.run_name}: {_shown(dvcfile)} ({len(names)} stages); dvc repro runs what is out of date")
+        log(f"run {p.run_name}: {paths.shown(dvcfile)} ({len(names)} stages); dvc repro runs what is out of date")
         # the report stage is the pipeline's sink: reproducing it brings every stage it needs up to date
         repro_args = ["repro", *(pipeline.targets(p, only) if only else pipeline.targets(p, ["report"]))]
         if force:  # with --only: those stages alone, not what they need upstream
@@ -182,7 +168,7 @@ def run_study(p: StudyParams, only: list[str] | None = None, log=print, force: b
         res = pipeline.dvc(*repro_args)
         code = 0 if res.returncode == 0 else 1
         index = write_run_index(p, start, code, dvcfile, log)
-        log(f"report: {_shown(index)}")
+        log(f"report: {paths.shown(index)}")
     return code
 
 
@@ -196,6 +182,9 @@ def write_run_index(p: StudyParams, start: dt.datetime, code: int, dvcfile: Path
     for s in pipeline.stages(p):
         if s.name not in NOTEBOOK_REPORTS:
             continue
+        executed = p.run_dir / "executed" / f"{NOTEBOOK_REPORTS[s.name]}.ipynb"
+        if executed.exists():  # pages are views of the executed notebooks: re-rendered by today's renderer
+            render_html(executed, p.report_dir / f"{NOTEBOOK_REPORTS[s.name]}.html", s.notebook, p.run_name)
         rec = record_file(p, NOTEBOOK_REPORTS[s.name])
         info = json.loads(rec.read_text()) if rec.exists() else {}
         steps.append({"name": NOTEBOOK_REPORTS[s.name], "stage": s.name, "notebook": s.notebook, "title": s.title,
@@ -205,7 +194,7 @@ def write_run_index(p: StudyParams, start: dt.datetime, code: int, dvcfile: Path
         "run_name": p.run_name, "status": "ok" if code == 0 else "failed",
         "start": start.isoformat(timespec="seconds"), "end": end.isoformat(timespec="seconds"),
         "wall_s": (end - start).total_seconds(), "seed": p.seed, "params": p.to_dict(),
-        "pipeline": _shown(dvcfile), "git": git_commit(), "packages": package_versions(),
+        "pipeline": paths.shown(dvcfile), "git": git_commit(), "packages": package_versions(),
         "device": device_info(), "steps": steps}
     if code:
         failed = [s for s in steps if s["status"] == "failed" and s.get("failure")]
@@ -225,13 +214,13 @@ def run_sweeps(base: StudyParams, register, log=print) -> int:
     with pipeline.run_lock(base):
         register()
         dvcfile = pipeline.write_pipeline(base)
-        log(f"run {base.run_name}: sweeps registered in {_shown(sweep.registry_file(base))}; dvc repro trains and "
+        log(f"run {base.run_name}: sweeps registered in {paths.shown(sweep.registry_file(base))}; dvc repro trains and "
             "scores what is missing")
         summary = sweep.sweeps_dir(base) / "summary.json"
         before = summary.read_text() if summary.exists() else None
         res = pipeline.dvc("repro", *pipeline.targets(base, ["sweep-summary"]))
         if res.returncode != 0:
-            log(f"FAILED: dvc repro exited {res.returncode}; see the stage's output above and {_shown(dvcfile)}")
+            log(f"FAILED: dvc repro exited {res.returncode}; see the stage's output above and {paths.shown(dvcfile)}")
             return 1
         changed = (summary.read_text() if summary.exists() else None) != before
         if changed and (base.report_dir / "03_benchmark.html").exists():  # the benchmark report shows the new one

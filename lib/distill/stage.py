@@ -58,7 +58,8 @@ def score_stage(p: StudyParams, model: str) -> int:
     model_obj, tokenizer = study.load_scored_model(p, model, device)
     t0 = time.perf_counter()
     result = benchmark.evaluate(model_obj, tokenizer, rows, max_length=p.max_length, max_new_tokens=p.max_new_tokens,
-                                batch_size=p.bench_batch_size, seed=p.seed, device=device)
+                                batch_size=p.bench_batch_size, seed=p.seed, device=device,
+                                progress=f"{p.run_name} score {model}")
     keep = ("exact_match", "f1", "answer_loss", "top1_accuracy", "answer_tokens", "n_examples", "dropped", "windowed",
             "raw_generations", "predictions", "references")
     out = {k: result[k] for k in keep}
@@ -82,13 +83,14 @@ def speed_stage(p: StudyParams, model: str) -> int:
             source=source, load_in_4bit=four_bit, rows_file=str(rows_file), seed=p.seed, device=p.device,
             threads=p.torch_threads, dtype=p.model_dtype, max_length=p.max_length, max_new_tokens=p.max_new_tokens,
             batch_size=p.bench_batch_size, warmup_batches=p.bench_warmup, bnb_compute_dtype=p.bnb_compute_dtype,
-            score=False))
+            latency_prompts=min(p.latency_prompts, p.bench_size), score=False))
     finally:
         rows_file.unlink(missing_ok=True)
     result.update(model=model, device=str(models.resolve_device(p.device)))
     paths.write_text_atomic(pipeline.speed_file(p, model), json.dumps(result, indent=1))
-    print(f"{p.run_name} {model}: {result['latency_ms_per_example']:.1f} ms/example, peak "
-          f"{result['peak_memory_mb']:.0f} MB", flush=True)
+    print(f"{p.run_name} {model}: batch 1 {result['latency_batch1_ms_median']:.0f} ms median "
+          f"(p90 {result['latency_batch1_ms_p90']:.0f}), batch {p.bench_batch_size} "
+          f"{result['throughput_examples_per_s']:.2f} answers/s, peak {result['peak_memory_mb']:.0f} MB", flush=True)
     return 0
 
 

@@ -336,24 +336,15 @@ def write_summary(base: StudyParams, reference: tuple[str, str] = ("default", "c
     return folder / "summary.txt"
 
 
-def report_note(base: StudyParams) -> str:
-    """What the benchmark report says about seed spread: the sweep summary when it was made from this run's
-    teacher and pruned student (DVC's content hashes), else a banner saying it was not."""
+def paired_gain(base: StudyParams, name: str = "default") -> tuple[dict[str, Any] | None, str]:
+    """The sweep's distilled-minus-CE-only row for this run's own base models, or None and why there is none."""
     summary_json = sweeps_dir(base) / "summary.json"
-    summary = sweeps_dir(base) / "summary.txt"
-    if not summary.exists():
-        return ("No seed sweep for this run yet: the gap between the distilled and the CE-only student above is "
-                "one seed's, not a finding. Measure the spread with\n"
-                "    python -m distill sweep params/<profile>.yaml --name default --seeds 0,1,2   (or: make sweep)")
-    recorded = json.loads(summary_json.read_text()).get("base_models", "unrecorded") if summary_json.exists() else \
-        "unrecorded"
-    current = base_models(base)
-    shown = paths.PROJECT_ROOT.name + "/" + summary.resolve().relative_to(paths.PROJECT_ROOT).as_posix() \
-        if summary.resolve().is_relative_to(paths.PROJECT_ROOT) else summary.name
-    if recorded == current and current != "unrecorded":
-        origin = f"its students were trained from this run's teacher and pruned student (base models {current})"
-    else:
-        origin = (f"NOT FROM THIS RUN'S MODELS: its students were trained from other base models ({recorded}) than "
-                  f"this run has now ({current}); its pairs compare students of those models. Run `make sweep` to "
-                  "measure this run's")
-    return f"{shown}: {origin}.\n\n{summary.read_text()}"
+    if not summary_json.exists():
+        return None, "no seed sweep of this run yet: `make sweep` measures the spread"
+    summary = json.loads(summary_json.read_text())
+    if summary.get("base_models") != base_models(base) or base_models(base) == "unrecorded":
+        return None, "the seed sweep on record was trained from other base models than this run's: `make sweep`"
+    for row in summary.get("paired_differences", []):
+        if (row["sweep"], row["variant"], row["vs"]) == (name, "distilled", f"{name}/ce_baseline"):
+            return row, ""
+    return None, f"the seed sweep on record has no distilled-vs-CE-only pair for setting {name!r}"

@@ -6,6 +6,8 @@ so the Trainer's own loop, checkpointing and gradient accumulation stay untouche
 from __future__ import annotations
 
 import json
+import sys
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -192,6 +194,46 @@ class ComponentLogCallback(TrainerCallback):
             comps = self.meter.pop("train", state.global_step - self.last_step)
             self.last_step = state.global_step
             entry.update({f"train_{k}": v for k, v in comps.items()})
+
+
+class ProgressLineCallback(TrainerCallback):
+    """One line per logging step on stderr: step / total, loss, elapsed and remaining time.
+
+    A tqdm bar inside a notebook kernel reaches the terminal as a smear of carriage returns and lands in the
+    executed notebook; plain lines stream cleanly (the runner forwards the kernel's stderr) and the rendered
+    report leaves stderr out.
+    """
+
+    def __init__(self, label: str, stream=None):
+        self.label, self.stream = label, stream or sys.stderr
+        self.start, self.first_step = 0.0, 0
+
+    def _say(self, text: str) -> None:
+        print(f"[{self.label}] {text}", file=self.stream, flush=True)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start, self.first_step = time.perf_counter(), state.global_step
+        resumed = f" (resumed at step {state.global_step})" if state.global_step else ""
+        self._say(f"training {state.max_steps} steps{resumed}")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        step, total = state.global_step, state.max_steps
+        elapsed = time.perf_counter() - self.start
+        done = step - self.first_step
+        left = elapsed / done * (total - step) if done > 0 else float("nan")
+        if "eval_loss" in logs:
+            self._say(f"step {step}/{total}: eval loss {logs['eval_loss']:.4f}")
+        elif "loss" in logs:
+            self._say(f"step {step}/{total} ({100 * step / max(total, 1):.0f}%): loss {logs['loss']:.4f}, "
+                      f"{_clock(elapsed)} elapsed, ~{_clock(left)} left")
+
+
+def _clock(seconds: float) -> str:
+    if seconds != seconds:
+        return "?"
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
 
 
 class ProjectionCheckpointCallback(TrainerCallback):

@@ -10,13 +10,14 @@ from typing import Any
 
 import torch
 from transformers import TrainingArguments
+from transformers.trainer_callback import PrinterCallback
 
 from . import losses
 from .data import ListDataset, TrainCollator
 from .paths import atomic_folder, hash_config, write_text_atomic
 from .params import StudyParams
 from .trainer import (ComponentLogCallback, ComponentMeter, DistillationTrainer, LossConfig,
-                      ProjectionCheckpointCallback, load_projection_into, write_log_history)
+                      ProgressLineCallback, ProjectionCheckpointCallback, load_projection_into, write_log_history)
 
 KEY_FILE = "training_key.json"
 # keys that change no training step (what is scored, where things go, how fast the CPU runs)
@@ -79,7 +80,7 @@ def training_args(p: StudyParams, output_dir: Path, max_steps: int, learning_rat
         use_cpu=not torch.cuda.is_available() or p.device == "cpu",
         gradient_checkpointing=p.gradient_checkpointing,
         dataloader_num_workers=0,
-        disable_tqdm=False,
+        disable_tqdm=True,  # ProgressLineCallback prints lines instead of a bar
     )
 
 
@@ -116,7 +117,7 @@ def train(p: StudyParams, student, tokenizer, train_features, eval_features, out
         from .teacher_cache import CachedTeacherCollator
 
         collator = CachedTeacherCollator(collator, teacher_targets)
-    callbacks = [ComponentLogCallback(meter)]
+    callbacks = [ComponentLogCallback(meter), ProgressLineCallback(f"{p.run_name} {output_dir.name}")]
     if projection is not None and cfg.beta_mse > 0:
         callbacks.append(ProjectionCheckpointCallback(projection))
     trainer = DistillationTrainer(
@@ -125,6 +126,7 @@ def train(p: StudyParams, student, tokenizer, train_features, eval_features, out
         data_collator=collator, teacher=teacher, loss_config=cfg,
         projection=projection if cfg.beta_mse > 0 else None, meter=meter, callbacks=callbacks,
         optimizers=(optimizer, None))
+    trainer.remove_callback(PrinterCallback)  # it prints every log dict; ProgressLineCallback says it in a line
     if resume is not None:
         print(f"resuming {output_dir.name} from {resume.name} (same settings and input models)", flush=True)
     if resume is not None and projection is not None:
