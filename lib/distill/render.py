@@ -31,8 +31,9 @@ h2{font-size:1.25em;margin-top:1.4em;border-bottom:1px solid #eee}
 #summary{background:#f4f8fc;border-left:4px solid #4c72b0;padding:4px 16px 8px;margin:8px 0 16px}
 #summary p{margin:.5em 0}
 img{max-width:100%;height:auto}
-table{border-collapse:collapse;font-size:13px;margin:6px 0;max-width:100%}
-th,td{border-bottom:1px solid #ddd;padding:3px 8px;text-align:right;vertical-align:top;overflow-wrap:break-word}
+table{border-collapse:collapse;font-size:12.5px;margin:6px 0;max-width:100%}
+.output_html{overflow-x:auto}
+th,td{border-bottom:1px solid #ddd;padding:3px 6px;text-align:right;vertical-align:top;overflow-wrap:break-word}
 th{background:#f6f6f6}
 td:first-child,th:first-child{text-align:left}
 pre{background:#f6f6f6;padding:8px;white-space:pre-wrap;overflow-wrap:anywhere;font-size:12.5px;max-width:100%}
