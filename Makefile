@@ -68,12 +68,15 @@ validate: setup ## only validate params/$(PROFILE).yaml
 params: setup ## list every params key with its type, default and meaning
 	$(PY) -m distill params
 
-lab: setup ## open the notebooks in JupyterLab (installs jupyterlab into .venv on first use)
+lab: notebooks ## open the notebooks in JupyterLab, kernel = .venv's Python (installs jupyterlab into .venv on first use)
 	$(PY) -m pip install -q -c constraints.txt jupyterlab
 	cd notebooks && ../$(PY) -m jupyter lab
 
+# kernel "python3", as the runner names it: Jupyter starts it with its own interpreter (.venv's, for
+# .venv/bin/papermill and `make lab`). `--set-kernel -` wanted a kernelspec whose argv[0] is this python's
+# absolute path; ipykernel's python3 spec says plain `python`, so it failed on every fresh .venv.
 notebooks: setup ## generate the paired .ipynb files from notebooks/*.py (they are not committed)
-	$(PY) -m jupytext --set-kernel - --sync notebooks/*.py
+	$(PY) -m jupytext --set-kernel python3 --sync notebooks/*.py
 
 bench-loss: setup ## memory and speed of the KD loss at Gemma's 256k vocabulary, chunked vs not
 	$(PY) benchmarks/kd_loss_memory.py

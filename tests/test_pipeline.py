@@ -114,6 +114,41 @@ def test_run_lock_refuses_a_second_holder(tmp_path, monkeypatch):
         pass
 
 
+def test_two_run_names_writing_one_output_dir_are_refused_too(tmp_path, monkeypatch):
+    monkeypatch.setattr(paths, "PROJECT_ROOT", tmp_path)
+    a = params.load("params/smoke.yaml", ["run_name=a", f"output_dir={tmp_path / 'shared'}"])
+    b = params.load("params/smoke.yaml", ["run_name=b", f"output_dir={tmp_path / 'shared'}"])
+    with pipeline.run_lock(a):
+        with pytest.raises(pipeline.RunLocked, match=r"output folder .*shared is being written by another run "
+                                                     r"\(pid \d+, run a\); wait for it to finish, or set another "
+                                                     "output_dir"):
+            with pipeline.run_lock(b):
+                pass
+
+
+def test_a_lock_left_by_a_killed_run_is_not_in_the_way(tmp_path, monkeypatch):
+    """kill -9 of the holder: its lock file stays, with its pid, but the next run takes it."""
+    import signal
+
+    code = ("import sys, time; sys.path.insert(0, sys.argv[1]); from distill import paths, params, pipeline; "
+            "from pathlib import Path; paths.PROJECT_ROOT = Path(sys.argv[2]); "
+            "p = params.load('params/smoke.yaml')\n"
+            "with pipeline.run_lock(p):\n    print('held', flush=True); time.sleep(600)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(ROOT / "lib"), str(tmp_path)], cwd=ROOT,
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    monkeypatch.setattr(paths, "PROJECT_ROOT", tmp_path)
+    p = params.load("params/smoke.yaml")
+    with pytest.raises(pipeline.RunLocked, match=f"pid {holder.pid}"):
+        with pipeline.run_lock(p):
+            pass
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    assert list((tmp_path / ".dvc" / "tmp").glob("distill-run-smoke.lock"))  # the file stays ...
+    with pipeline.run_lock(p):  # ... and does not block
+        pass
+
+
 def _parameters_cell(path: Path) -> dict:
     cell = next(c for c in jupytext.read(path).cells if "parameters" in c.metadata.get("tags", []))
     return {n.target.id: ast.literal_eval(n.value) for n in ast.parse(cell.source).body}

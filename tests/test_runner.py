@@ -28,6 +28,28 @@ def test_failing_cell_is_reported_and_rendered(tmp_path, monkeypatch, capsys):
     assert "x" * 34 not in html
 
 
+def test_a_dead_kernel_ends_with_the_failed_line_and_a_failed_record(tmp_path, monkeypatch, capsys):
+    """An out-of-memory kill of the kernel (SIGKILL) mid-notebook: the usual FAILED line, never a traceback or "ok"."""
+    nb_dir = tmp_path / "notebooks"
+    nb_dir.mkdir()
+    (nb_dir / "01_distill.py").write_text(
+        '# %% tags=["parameters"]\nrun_name: str = "x"  # the run\n\n# %%\nprint("training")\n\n'
+        '# %%\nimport os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n\n# %%\nprint("never")\n')
+    monkeypatch.setattr(paths, "NOTEBOOKS_DIR", nb_dir)
+    monkeypatch.setattr(paths, "REPORTS_DIR", tmp_path / "reports")
+    p = params.from_mapping({"run_name": "killed", "output_dir": str(tmp_path / "artifacts")})
+    record = stage.record_file(p, "01_distill")
+    record.parent.mkdir(parents=True)
+    record.write_text(json.dumps({"status": "ok"}))  # an earlier run's record
+    spec = pipeline.Stage("train-distilled", ["train"], [], notebook="01_distill", title="t")
+    assert stage.run_notebook_stage(p, spec, "01_distill") == 1
+    failed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("FAILED: notebook 01_distill")]
+    assert failed and "kernel died" in failed[0] and "run the same command again" in failed[0], failed
+    assert json.loads(record.read_text())["status"] == "failed"
+    executed = p.run_dir / "executed"
+    assert (executed / "01_distill.ipynb").exists() and not list(executed.glob(".*.partial.ipynb"))
+
+
 def test_index_says_the_run_failed_and_names_the_failure(tmp_path, monkeypatch):
     monkeypatch.setattr(paths, "REPORTS_DIR", tmp_path / "reports")
     monkeypatch.setenv("HF_TOKEN", "hf_" + "y" * 34)
@@ -62,3 +84,35 @@ def test_notebook_stages_cover_both_students():
     baseline = pipeline.stage_params(params.StudyParams(), "train-ce_baseline")
     assert baseline.variant == "ce_baseline" and not baseline.uses_teacher
     assert pipeline.stage_params(params.StudyParams(), "train-distilled").uses_teacher
+
+
+def test_a_run_under_way_says_running_not_an_earlier_ok(tmp_path, monkeypatch):
+    monkeypatch.setattr(paths, "REPORTS_DIR", tmp_path / "reports")
+    p = params.from_mapping({"run_name": "underway"})
+    manifest = {"run_name": "underway", "status": "running", "start": "s", "end": None, "wall_s": None,
+                "git": {"commit": "abc", "dirty": False}, "failure": "under way since s (process 1 on h)",
+                "steps": [{"name": "00_teacher", "title": "t", "status": "running", "wall_s": None}]}
+    index = runner.write_index(p, manifest).read_text()
+    assert "Status: <b>running</b>: under way since s" in index and "Ended" not in index
+
+
+def test_ctrl_c_leaves_a_manifest_that_says_interrupted(tmp_path, monkeypatch):
+    monkeypatch.setattr(paths, "PROJECT_ROOT", tmp_path)
+    monkeypatch.setattr(paths, "REPORTS_DIR", tmp_path / "reports")
+    monkeypatch.setattr(paths, "ARTIFACTS_DIR", tmp_path / "artifacts")
+    monkeypatch.setattr(pipeline, "PIPELINES_DIR", tmp_path / "pipelines")
+    (tmp_path / ".dvc").mkdir()
+    (tmp_path / ".dvc" / "config").write_text("")
+    p = params.from_mapping({"run_name": "ctrl_c_test_run"})
+    seen = []
+
+    def interrupted(*args, **kwargs):
+        seen.append(json.loads((p.report_dir / "manifest.json").read_text())["status"])
+        raise KeyboardInterrupt
+    monkeypatch.setattr(pipeline, "dvc", interrupted)
+    assert runner.run_study(p, log=lambda *a: None) == 130
+    assert seen == ["running"]  # said from the start, before DVC ran anything
+    manifest = json.loads((p.report_dir / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and "interrupted (Ctrl-C)" in manifest["failure"]
+    assert manifest["machine"]["cpu_model"]
+    assert "Status: <b>failed</b>: interrupted" in (p.report_dir / "index.html").read_text()

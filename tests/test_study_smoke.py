@@ -2,6 +2,7 @@
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -37,7 +38,10 @@ def project(tmp_path_factory):
 @pytest.fixture(scope="module")
 def smoke_run(project):
     res = run_in_project(project, "run", "params/smoke.yaml")
-    return res, Run(project)
+    run = Run(project)
+    results_file = run.report_dir / "results.json"  # as first made (later tests re-run the study with other keys)
+    run.results = json.loads(results_file.read_text()) if results_file.exists() else None
+    return res, run
 
 
 def test_runner_succeeds(smoke_run):
@@ -196,13 +200,23 @@ def test_kill_during_training_resumes_to_the_same_result_and_a_second_run_is_ref
     os.killpg(proc.pid, signal.SIGKILL)
     proc.communicate()
     assert not (students / "best").exists(), "training finished before the kill: the test proves nothing"
+    assert json.loads((kill.report_dir / "manifest.json").read_text())["status"] == "running"  # never a stale "ok"
+    # what a kill during a checkpoint save leaves: a later checkpoint without its state and with a 0-byte optimizer
+    half = students / "checkpoint-900"
+    complete = max((c for c in students.glob("checkpoint-*") if (c / "trainer_state.json").exists()),
+                   key=lambda c: int(c.name.split("-")[1]))  # the Trainer keeps the latest and the best only
+    shutil.copytree(complete, half)
+    (half / "trainer_state.json").unlink()
+    (half / "optimizer.pt").write_bytes(b"")
 
     resumed = run_in_project(p.project, "run", "params/smoke.yaml", *args)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     ran = set(RUN.findall(resumed.stdout))
     assert "teacher" not in ran and "train-distilled" in ran
     executed = (kill.run_dir / "executed" / "01_distill.ipynb").read_text()
-    assert "resuming distilled from checkpoint-" in executed
+    assert "resuming distilled from checkpoint-" in executed and "checkpoint-900" not in executed
+    assert not half.exists()
+    assert json.loads((kill.report_dir / "manifest.json").read_text())["status"] == "ok"
     history = json.loads((kill.report_dir / "log_history_distilled.json").read_text())
 
     fresh = run_in_project(p.project, "run", "params/smoke.yaml", *args, "--set", "resume=false", "--force",
@@ -214,6 +228,46 @@ def test_kill_during_training_resumes_to_the_same_result_and_a_second_run_is_ref
     assert [s for s, _ in evals] == [s for s, _ in fresh_evals] == list(range(2, 31, 2))
     for (_, a), (_, b) in zip(evals, fresh_evals):
         assert a == pytest.approx(b, abs=1e-5)
+
+
+QUALITY = ("exact_match", "f1", "answer_loss", "top1_accuracy", "params_m", "n_examples")
+
+
+def test_kills_anywhere_then_the_same_command_from_a_cold_cache_equal_the_uninterrupted_run(smoke_run, tmp_path):
+    """kill -9 during teacher preparation, the merge and the report; each time run the same command again. The run
+    builds its own tiny models in an empty model cache (the uninterrupted run found them built): the results must
+    not depend on either."""
+    _, p = smoke_run
+    name = "smoke_killed"
+    killed = Run(p.project, name)
+    env = {**project_env(p.project), "DISTILL_MODELS_DIR": str(tmp_path / "cold_models")}
+    cmd = [sys.executable, "-m", "distill", "run", "params/smoke.yaml", "--set", f"run_name={name}"]
+    executed = killed.run_dir / "executed"
+    points = [("teacher preparation", lambda: (executed / ".00_teacher.partial.ipynb").exists()),
+              ("merge", lambda: (executed / ".02_merge.partial.ipynb").exists()),
+              ("report", lambda: (executed / ".03_benchmark.partial.ipynb").exists())]
+    for what, started in points:
+        proc = subprocess.Popen(cmd, cwd=p.project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, start_new_session=True)
+        _wait_for(started, proc)
+        time.sleep(1.0)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        manifest = json.loads((killed.report_dir / "manifest.json").read_text())
+        assert manifest["status"] == "running", f"after a kill during {what}: {manifest['status']}"
+        assert "index.html" in os.listdir(killed.report_dir)
+    final = subprocess.run(cmd, cwd=p.project, env=env, capture_output=True, text=True, timeout=900)
+    assert final.returncode == 0, final.stdout[-3000:] + final.stderr[-3000:]
+    assert json.loads((killed.report_dir / "manifest.json").read_text())["status"] == "ok"
+    ours = json.loads((killed.report_dir / "results.json").read_text())["models"]
+    uninterrupted = p.results["models"]
+    for model, row in uninterrupted.items():
+        for key in QUALITY:
+            assert ours[model][key] == pytest.approx(row[key], rel=1e-6, abs=1e-6), (model, key)
+        assert ours[model]["raw_generations"] == row["raw_generations"], model
+    leftovers = [f for f in killed.run_dir.rglob(".*") if f.is_dir() and re.search(r"\.\d+\.", f.name)]
+    assert not leftovers, f"temporary folders of killed builds were left: {leftovers}"
+    assert not list(executed.glob(".*.partial.ipynb"))
 
 
 def test_seed_sweep_trains_scores_and_summarises_from_the_runs_models(smoke_run):

@@ -1,5 +1,7 @@
 """The DistillationTrainer on the tiny models: real steps, a frozen teacher, LoRA-only updates, exact
 gradient accumulation, resume after a crash, NaN stops."""
+import shutil
+
 import pytest
 import torch
 
@@ -121,24 +123,50 @@ def test_chunked_divergence_gives_the_same_loss_and_gradient(setup, tmp_path, mo
     assert seen == [None, 7]
 
 
-def test_resume_after_a_crash_continues_from_the_checkpoint(setup, tmp_path, monkeypatch):
+def crash_at_step_3(setup, tmp_path, monkeypatch):
+    """Train 4 steps (checkpoints every 2) into tmp_path/run and crash during step 3; (params, loss config,
+    projection) of that run."""
     p, teacher, student, tok, train, evalf, cfg, proj = make(setup, tmp_path, max_steps=4, eval_steps=2)
     original = DistillationTrainer.compute_loss
 
-    def crash_at_step_3(self, *a, **k):
+    def crash(self, *a, **k):
         if self.model.training and self.state.global_step == 3:
             raise KeyboardInterrupt("simulated crash")
         return original(self, *a, **k)
 
-    monkeypatch.setattr(DistillationTrainer, "compute_loss", crash_at_step_3)
+    monkeypatch.setattr(DistillationTrainer, "compute_loss", crash)
     with pytest.raises(KeyboardInterrupt):
         training.train(p, student, tok, train, evalf, tmp_path / "run", teacher=teacher, cfg=cfg, projection=proj)
     monkeypatch.setattr(DistillationTrainer, "compute_loss", original)
+    return p, cfg, proj
+
+
+def test_resume_after_a_crash_continues_from_the_checkpoint(setup, tmp_path, monkeypatch):
+    crash_at_step_3(setup, tmp_path, monkeypatch)
     p2, teacher, student, tok, train, evalf, cfg, proj = make(setup, tmp_path, max_steps=4, eval_steps=2, resume=True)
     res = training.train(p2, student, tok, train, evalf, tmp_path / "run", teacher=teacher, cfg=cfg, projection=proj)
     assert res.resumed_from is not None and res.resumed_from.name == "checkpoint-2"
     steps = [e["step"] for e in res.log_history if "loss" in e]
     assert steps == [1, 2, 3, 4] and res.trainer.state.global_step == 4
+
+
+def test_a_checkpoint_made_with_other_params_or_half_written_is_never_resumed(setup, tmp_path, monkeypatch):
+    p, cfg, proj = crash_at_step_3(setup, tmp_path, monkeypatch)
+    assert (tmp_path / "run" / "checkpoint-2" / "trainer_state.json").exists()
+    # a kill during the save of checkpoint-2 leaves its optimizer empty and no state: it is never read
+    half = tmp_path / "half"
+    shutil.copytree(tmp_path / "run", half)
+    (half / "checkpoint-2" / "optimizer.pt").write_bytes(b"")
+    (half / "checkpoint-2" / "trainer_state.json").unlink()
+    assert training.checkpoint_to_resume(p, half, cfg, (), proj) is None
+    assert not (half / "checkpoint-2").exists()
+    # another learning rate: the old run's checkpoint is not continued, and it is removed
+    p2, teacher, student, tok, train, evalf, cfg, proj = make(setup, tmp_path, max_steps=4, eval_steps=2,
+                                                              learning_rate=5.0e-3)
+    assert training.checkpoint_to_resume(p2, tmp_path / "run", cfg, (), proj) is None
+    res = training.train(p2, student, tok, train, evalf, tmp_path / "run", teacher=teacher, cfg=cfg, projection=proj)
+    assert res.resumed_from is None
+    assert [e["step"] for e in res.log_history if "loss" in e] == [1, 2, 3, 4]
 
 
 def test_nan_stops_with_step_and_term(setup, tmp_path):

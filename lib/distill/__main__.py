@@ -1,4 +1,5 @@
-"""Command line: `python -m distill run|validate|pipeline|status|dag|sweep|params|squad-subset|stage` (`--help`)."""
+"""Command line: `python -m distill run|validate|pipeline|status|dag|sweep|compare|params|squad-subset|stage`
+(`--help`)."""
 from __future__ import annotations
 
 import argparse
@@ -43,6 +44,11 @@ def main(argv: list[str] | None = None) -> int:
                             "against it")
     subset.add_argument("results_json", help="reports/<run>/results.json")
     subset.add_argument("out", help="where to write the dev subset (JSON)")
+    compare = sub.add_parser("compare", help="do two runs' results agree: exactly, within float tolerance, within "
+                             "the seed spread of a sweep, or not (exit 0, 0, 1, 3); and what differs in their params, "
+                             "packages and machines")
+    compare.add_argument("run_a", help="reports/<run> (or a run name)")
+    compare.add_argument("run_b", help="reports/<run> (or a run name)")
     stage = sub.add_parser("stage", help="(what DVC runs) one pipeline stage of a run's resolved params file")
     stage.add_argument("params_file", help="pipelines/<run>/params.yaml")
     stage.add_argument("kind", help="teacher, train, merge, score, speed or report")
@@ -64,6 +70,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {args.out}: {n} questions; re-score with: python evaluate-v1.1.py {args.out} "
               f"{Path(args.results_json).parent}/predictions_<model>.json")
         return 0
+    if args.command == "compare":
+        from .reproduce import compare_runs, exit_code, format_comparison
+
+        try:
+            result = compare_runs(args.run_a, args.run_b)
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print(format_comparison(result))
+        return exit_code(result)
     if args.command == "stage":
         from .pipeline import die_with_run
         from .stage import main as stage_main
@@ -73,10 +89,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         p = load(args.params, overrides=args.set)
     except ParamsError as err:
-        print(f"error: {args.params}: {err}", file=sys.stderr)
+        print(f"error: {err}" if str(err).startswith(str(args.params)) else f"error: {args.params}: {err}",
+              file=sys.stderr)
         return 2
+    from .preflight import check
+
+    preflight = lambda: check(p, log=lambda line: print(f"  {line}", file=sys.stderr))  # noqa: E731
     if args.command == "validate":
-        print(f"ok: {args.params} is valid (run_name {p.run_name})")
+        try:  # data, models and folders, as a run checks them before any kernel starts
+            preflight()
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        except OSError as err:
+            print(f"error: {_os_error(err)}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            return 130
+        print(f"ok: {args.params} is valid (run_name {p.run_name}); its data, models and folders were checked")
         return 0
     if args.command in ("pipeline", "status", "dag"):
         from . import pipeline
@@ -97,10 +127,29 @@ def main(argv: list[str] | None = None) -> int:
     die_with_parent(only_if_parent_is="make")  # kill -9 of `make study` ends the run, its DVC and its stages too
     only = [s for s in args.only.split(",") if s]
     try:
-        return run_study(p, only=only or None, force=args.force)
+        return run_study(p, only=only or None, force=args.force, before=preflight)
     except (ParamsError, ValueError, RunLocked) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a full disk or a folder made read-only while the run ran
+        print(f"error: {_os_error(err)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted (Ctrl-C); run the same command again to continue", file=sys.stderr)
+        return 130
+
+
+def _os_error(err: OSError) -> str:
+    """One line for a write that the system refused, naming the file and the fix (or the error as it is, when it is
+    not the file system's: a library's OSError for a model it cannot load)."""
+    if err.errno is None:
+        return " ".join(str(err).split())[:600]
+    where = err.filename or "a file"
+    fixes = {28: "free space on that disk (make clean removes old runs' artifacts) or write elsewhere with "
+                 "--set output_dir=<folder>",
+             30: "the file system is read-only: write elsewhere with --set output_dir=<folder>",
+             13: "make the folder writable (chmod u+w) or write elsewhere with --set output_dir=<folder>"}
+    return f"cannot write {where}: {err.strerror}; {fixes.get(err.errno, 'check the folder and the disk')}"
 
 
 def _sweep(args: argparse.Namespace) -> int:
@@ -109,25 +158,35 @@ def _sweep(args: argparse.Namespace) -> int:
     from .pipeline import RunLocked
     from .runner import run_sweeps
 
+    from . import paths
     from .pipeline import params_file, read_params
+
+    from .preflight import PreflightError, check
 
     try:
         base = load(args.params)
-        if params_file(base).exists():  # the run as it was last run (its --set overrides included)
+        recorded = params_file(base).exists()
+        if recorded:  # the run as it was last run (its --set overrides included)
             base = read_params(params_file(base))
-            print(f"sweeping run {base.run_name} as its pipeline has it: {params_file(base)}")
         overrides = parse_overrides(args.set)
+        sweep.check_setting(args.name, overrides)
         if not all(s.strip().isdigit() for s in args.seeds.split(",") if s.strip()):
             raise ParamsError(f"--seeds {args.seeds}: expected comma-separated whole numbers, e.g. 0,1,2")
         if args.questions < 0:
             raise ParamsError(f"--questions {args.questions}: expected a count >= 1 (or 0: as recorded, else bench_size)")
+        check(base, models=False, log=lambda line: print(f"  {line}", file=sys.stderr))
+        if recorded:
+            print(f"sweeping run {base.run_name} as its pipeline has it: {paths.shown(params_file(base))}")
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
         variants = [v.strip() for v in args.variants.split(",") if v.strip()]
         return run_sweeps(base, lambda: sweep.register(base, args.name, seeds, variants, overrides, args.questions,
                                                        args.reference))
-    except (ParamsError, ValueError, RunLocked) as err:
+    except (ParamsError, PreflightError, ValueError, RunLocked) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:
+        print(f"error: {_os_error(err)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

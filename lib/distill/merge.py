@@ -56,9 +56,11 @@ def merge_variant(p: StudyParams, variant: str, device: torch.device, probe_rows
     Checked twice: the merged model in memory, then the saved folder loaded alone, must give the adapter's
     logits; an old deployment is replaced only after both checks pass.
     """
+    out = merged_dir(p, variant)
+    if p.deploy_dir and variant == "distilled":  # a folder the user named: replaced only if it is ours
+        paths.check_replaceable(out)
     merged, tokenizer, check = merged_student(p, variant, device, probe_rows)
     before, logits, real, tolerance = check["reference_logits"], check["logits"], check["real"], check["tolerance"]
-    out = merged_dir(p, variant)
     reload_diff: list[float] = []
 
     def finish(tmp: Path) -> None:
@@ -71,7 +73,8 @@ def merge_variant(p: StudyParams, variant: str, device: torch.device, probe_rows
         if reload_diff[0] > tolerance:
             raise RuntimeError(f"{variant}: the saved model, loaded alone, differs from the adapter model by "
                                f"{reload_diff[0]:.2e} (> {tolerance:.0e}); {out} was left as it was")
-    models.atomic_save_pretrained(merged, tokenizer, out, extra=finish)
+    marker = {"run_name": p.run_name, "variant": variant, "written_by": "distill-study merge"}
+    models.atomic_save_pretrained(merged, tokenizer, out, extra=finish, marker=marker)
     return {"variant": variant, "deploy_dir": paths.shown(out), "max_abs_logit_diff": check["max_abs_logit_diff"],
             "reloaded_max_abs_logit_diff": reload_diff[0], "tolerance": tolerance,
             "size_mb": models.folder_size_mb(out)}

@@ -42,14 +42,14 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def atomic_save_pretrained(model, tokenizer, final: Path, extra=None) -> Path:
+def atomic_save_pretrained(model, tokenizer, final: Path, extra=None, marker: dict | None = None) -> Path:
     def build(tmp: Path) -> None:
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         if extra is not None:
             extra(tmp)
-    return paths.atomic_folder(build, final)
+    return paths.atomic_folder(build, final, marker=marker)
 
 
 # --------------------------------------------------------------------------------------------

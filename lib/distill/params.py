@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,6 +136,13 @@ class StudyParams:
             value = getattr(self, f.name)
             setattr(self, f.name, _check_type(f.name, value, _hints()[f.name]))
             _check_range(f.name, getattr(self, f.name), f.metadata)
+        try:
+            paths.check_name("run_name", self.run_name)
+            for key in ("output_dir", "deploy_dir"):
+                if getattr(self, key):
+                    paths.check_output_folder(key, getattr(self, key))
+        except ValueError as err:
+            raise ParamsError(str(err)) from None
         if self.alpha_ce == 0 and self.gamma_kl == 0 and self.beta_mse == 0:
             raise ParamsError("alpha_ce, gamma_kl and beta_mse are all 0: nothing to train; set at least one > 0")
         if self.student == "prune" and not self.prune_layers and self.prune_keep < 1:
@@ -241,6 +249,8 @@ def _check_type(name: str, value: Any, tp: Any) -> Any:
             raise ParamsError(f"{name}: got the string {value!r}; write a number such as 2.0e-5 (YAML needs the dot)")
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad
+        if not math.isfinite(value):
+            raise ParamsError(f"{name}: got {value!r}; expected a finite number such as 2.0e-4")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -281,24 +291,76 @@ def from_mapping(values: dict[str, Any]) -> StudyParams:
     return StudyParams(**values)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's rule is "the last duplicate wins" silently; a params file with a key twice is a mistake to name."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` merges a mapping: not a key of its own
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise ParamsError(f"{key}: given twice (lines {seen[key]} and {line}); keep one")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _read_yaml(text: str, where: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except ParamsError as err:
+        raise ParamsError(f"{where}: {err}") from None
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{where}: not valid YAML ({err.__class__.__name__}: {str(err).splitlines()[0]}"
+                          f"{_yaml_line(err)}); fix the syntax") from None
+
+
+def _yaml_line(err: yaml.YAMLError) -> str:
+    mark = getattr(err, "problem_mark", None)
+    return f" at line {mark.line + 1}" if mark is not None else ""
+
+
+def params_path(path: str | Path) -> Path:
+    """The params file a command names: a path as given, or a bare profile name (`smoke`) from params/."""
+    p = Path(path)
+    profiles = ", ".join(sorted(x.stem for x in paths.PARAMS_DIR.glob("*.yaml")))
+    if not p.exists() and not p.is_absolute() and paths.resolve(p).exists():
+        p = paths.resolve(p)  # params/smoke.yaml from any folder: relative to the project, as stages read it
+    if not p.exists():
+        # only a bare name means "the profile of that name"; a path that is missing is an error, never another file
+        bare = str(path) == p.stem or str(path) == p.name and p.suffix in (".yaml", ".yml")
+        candidate = paths.PARAMS_DIR / f"{p.stem}.yaml"
+        if bare and candidate.exists():
+            return candidate
+        raise ParamsError(f"{path}: params file not found; give an existing file or a profile name ({profiles})")
+    if p.is_dir():
+        raise ParamsError(f"{path}: is a folder, not a params file; give a YAML file such as params/smoke.yaml")
+    return p
+
+
 def load(path: str | Path, overrides: list[str] | None = None) -> StudyParams:
     """Read and validate a params YAML file; `overrides` are `key=value` strings (values read as YAML)."""
-    p = Path(path)
-    if not p.exists():
-        candidate = paths.PARAMS_DIR / f"{p.stem}.yaml"
-        if candidate.exists():
-            p = candidate
-        else:
-            profiles = ", ".join(sorted(x.stem for x in paths.PARAMS_DIR.glob("*.yaml")))
-            raise ParamsError(f"{path}: params file not found; profiles in params/: {profiles}")
+    p = params_path(path)
     try:
-        values = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ParamsError(f"{p}: not valid YAML ({err.__class__.__name__}: {str(err).splitlines()[0]})") from None
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ParamsError(f"{p}: not UTF-8 text (byte {err.start}); save the file as UTF-8") from None
+    except OSError as err:
+        raise ParamsError(f"{p}: cannot read the params file ({err.strerror}); check its permissions") from None
+    values = _read_yaml(text, str(p))
+    if values is None:
+        raise ParamsError(f"{p}: the params file is empty; give at least run_name (see params/smoke.yaml)")
     if not isinstance(values, dict):
-        raise ParamsError(f"{p}: expected a mapping of key: value at the top level")
-    values.setdefault("run_name", p.stem)
+        raise ParamsError(f"{p}: expected a mapping of key: value at the top level, got {type(values).__name__}")
     values.update(parse_overrides(overrides or []))
+    if "run_name" not in values:
+        values["run_name"] = p.stem
+        try:
+            paths.check_name("run_name", p.stem)
+        except ValueError as err:
+            raise ParamsError(f"{err} (taken from the file name: set run_name: in the file)") from None
     return from_mapping(values)
 
 
@@ -309,7 +371,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise ParamsError(f"--set {item}: expected KEY=VALUE, e.g. --set seed=1")
-        out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        out[key.strip()] = _read_yaml(raw, f"--set {item}") if raw.strip() else ""
     return out
 
 

@@ -5,10 +5,13 @@ resolve the same folders.
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -32,25 +35,125 @@ def write_text_atomic(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def atomic_folder(build_into: Callable[[Path], None], final: Path) -> Path:
+DEPLOY_MARKER = "DISTILL_DEPLOYMENT.json"
+
+
+class NotOurFolder(ValueError):
+    """A folder we were asked to replace holds something we did not write."""
+
+
+def check_replaceable(folder: Path, key: str = "deploy_dir") -> None:
+    """Replace a folder only when it is missing, empty, or one of our deployments (it carries DEPLOY_MARKER)."""
+    if not folder.exists():
+        return
+    if not folder.is_dir():
+        raise NotOurFolder(f"{key}: {folder} is a file, not a folder; name a new folder")
+    if any(folder.iterdir()) and not (folder / DEPLOY_MARKER).exists():
+        raise NotOurFolder(f"{key}: {folder} holds files that are not a deployment of this study (no "
+                           f"{DEPLOY_MARKER}); it would be replaced: name a new or empty folder (an earlier "
+                           "deployment of this study without the marker: delete it yourself)")
+
+
+def is_within(path: Path, folder: Path) -> bool:
+    return Path(path).resolve().is_relative_to(Path(folder).resolve())
+
+
+_HOST = socket.gethostname()
+
+
+def _temp_prefix(final: Path) -> str:
+    return f".{final.name}.distill-tmp."
+
+
+def _stale_temps(final: Path) -> list[Path]:
+    """Temporary folders of `final` whose builder on this host died (a kill leaves them; each can be a whole model).
+
+    Only our own names (`.<name>.distill-tmp.<host>.<pid>.<random>`) are considered: never a user's folder, never
+    a live build, never one of another host sharing the disk.
+    """
+    prefix = _temp_prefix(final)
+    stale = []
+    for tmp in final.parent.glob(glob.escape(prefix) + "*"):
+        parts = tmp.name[len(prefix):].rsplit(".", 2)  # host (may hold dots), pid, random
+        if len(parts) == 3 and parts[0] == _HOST and parts[1].isdigit() and len(parts[1]) <= 9 \
+                and not _alive(int(parts[1])):
+            stale.append(tmp)
+    return stale
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def atomic_folder(build_into: Callable[[Path], None], final: Path, marker: dict[str, Any] | None = None) -> Path:
     """Build a folder under a temporary name beside `final`, then rename: an existing folder is replaced only
-    by a complete one, and a failed build leaves no temporary folder behind."""
+    by a complete one, and a failed build leaves no temporary folder behind (nor does a killed one, at the next
+    build of the same folder).
+
+    With `marker`, the folder is a deployment: it gets DEPLOY_MARKER (see `check_replaceable`).
+    """
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    old = final.with_name(f"{_temp_prefix(final)}old")
+    if old.exists() and not final.exists():  # killed between the two renames below: the old folder comes back
+        old.rename(final)
+    for stale in _stale_temps(final):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{_temp_prefix(final)}{_HOST}.{os.getpid()}.", dir=final.parent))
     try:
         build_into(tmp)
+        if marker is not None:
+            (tmp / DEPLOY_MARKER).write_text(json.dumps(marker, indent=1, default=str), encoding="utf-8")
         if final.exists():
-            old = final.with_name(f".{final.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             final.rename(old)
             tmp.rename(final)
             shutil.rmtree(old, ignore_errors=True)
         else:
-            tmp.rename(final)
+            try:
+                tmp.rename(final)
+            except OSError:
+                if not final.exists():
+                    raise
+                shutil.rmtree(tmp, ignore_errors=True)  # another process built the same folder first: it stands
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+NAME_RULE = "letters, digits, '.', '-' and '_', not starting with '.'"
+# the project's own folders: never an output folder, never replaced
+OWN_FOLDERS = ("lib", "notebooks", "params", "tests", "reports", "artifacts", "models", "pipelines", "benchmarks",
+               ".git", ".dvc", ".venv")
+
+
+def check_name(key: str, value: str) -> str:
+    """A run or sweep name names folders under reports/ and artifacts/: a name, never a path."""
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}", value or "") or ".." in value:
+        raise ValueError(f"{key}: got {value!r}; a name is {NAME_RULE}, at most 100 characters (it names folders "
+                         "under reports/ and artifacts/; to write elsewhere set output_dir)")
+    return value
+
+
+def check_output_folder(key: str, value: str) -> Path:
+    """An explicit output folder may lie anywhere but over the checkout: not the project, a parent of it, or one of
+    its own folders."""
+    folder = resolve(value).resolve()
+    root = PROJECT_ROOT.resolve()
+    if folder == root or folder in root.parents:
+        raise ValueError(f"{key}: {value!r} is this checkout or a folder above it ({folder}); a run would write "
+                         "over it: name a new folder, e.g. artifacts/my_run")
+    for own in OWN_FOLDERS:
+        if folder == root / own or (own not in ("reports", "artifacts", "models") and root / own in folder.parents):
+            raise ValueError(f"{key}: {value!r} is the project's own {own}/ folder; name a new folder, e.g. "
+                             "artifacts/my_run")
+    return folder
 
 
 def hash_config(obj: Any) -> str:

@@ -18,7 +18,7 @@ import os
 import shutil
 import subprocess
 import sys
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -155,7 +155,8 @@ def stages(p: StudyParams) -> list[Stage]:
                                                            "deploy_dir", "qualitative_examples", *GENERATION],
         deps=["notebooks/02_merge.py", *common, f"{lib}/merge.py", *scoring_code, *notebook_code, *made,
               *[rel(study.variant_dir(p, v)) for v in ("ce_baseline", "distilled")]],
-        outs=merged, reports=[f"{rep}/{f}" for f in merge_reports] + [f"{run}/executed/02_merge.ipynb"],
+        # persist: DVC must not delete a deployment before the merge: it is replaced only by a checked new one
+        outs=[], persist=merged, reports=[f"{rep}/{f}" for f in merge_reports] + [f"{run}/executed/02_merge.ipynb"],
         notebook="02_merge", title="Merge the adapters; answers side by side"))
 
     for model in MODELS:
@@ -321,10 +322,23 @@ def read_params(path: str | Path) -> StudyParams:
 
 @contextmanager
 def run_lock(p: StudyParams) -> Iterator[None]:
-    """One run of a run_name at a time; the kernel drops the lock when its holder dies (no stale locks)."""
+    """One run at a time per run_name and per artifacts folder (two run names may share an output_dir); the kernel
+    drops a lock when its holder dies, so a killed run leaves no stale lock."""
     lock_dir = paths.PROJECT_ROOT / ".dvc" / "tmp"
     lock_dir.mkdir(parents=True, exist_ok=True)
-    lock_path = lock_dir / f"distill-run-{p.run_name}.lock"
+    folder = paths.shown(p.run_dir)
+    locks = {f"distill-run-{p.run_name}.lock": (f"run {p.run_name} is already running", "give this run another "
+                                                "run_name (--set run_name=...)"),
+             f"distill-dir-{paths.hash_config(str(p.run_dir.resolve()))}.lock": (
+                 f"output folder {folder} is being written by another run", "set another output_dir")}
+    with ExitStack() as held:
+        for name, (busy, fix) in locks.items():
+            held.enter_context(_flock(lock_dir / name, p, busy, fix))
+        yield
+
+
+@contextmanager
+def _flock(lock_path: Path, p: StudyParams, busy: str, fix: str) -> Iterator[None]:
     fh = open(lock_path, "a+", encoding="utf-8")
     try:
         try:
@@ -332,11 +346,10 @@ def run_lock(p: StudyParams) -> Iterator[None]:
         except BlockingIOError:
             fh.seek(0)
             holder = fh.read().strip() or "another process"
-            raise RunLocked(f"run {p.run_name} is already running ({holder}); wait for it to finish, "
-                            f"or give this run another run_name (--set run_name=...)") from None
+            raise RunLocked(f"{busy} ({holder}); wait for it to finish, or {fix}") from None
         fh.seek(0)
         fh.truncate()
-        fh.write(f"pid {os.getpid()}")
+        fh.write(f"pid {os.getpid()}, run {p.run_name}")
         fh.flush()
         yield
     finally:

@@ -41,7 +41,7 @@ details{margin:10px 0}
 summary{cursor:pointer;color:#333}
 a.anchor-link{display:none}
 .output_stderr{display:none}
-.status.ok b{color:#070}.status.failed b{color:#b00}
+.status.ok b{color:#070}.status.failed b{color:#b00}.status.running b{color:#a60}.status.failed,.status.running{font-size:1.1em}.stale{color:#555}
 """
 
 
@@ -186,7 +186,8 @@ def index_page(p, manifest: dict[str, Any]) -> str:
     status = manifest["status"]
     head = (f"<p class='status {status}'>Status: <b>{status}</b>"
             + (f": {html.escape(manifest.get('failure', ''))}" if status != "ok" else "")
-            + f". Ended {manifest['end']}, {manifest['wall_s']:.0f} s; commit <code>{manifest['git']['commit'][:12]}</code>"
+            + (f". Ended {manifest['end']}, {manifest['wall_s']:.0f} s" if manifest.get("end") else "")
+            + f"; commit <code>{manifest['git']['commit'][:12]}</code>"
             + (" (uncommitted changes)" if manifest["git"]["dirty"] else "") + ".</p>")
     finding, charts = _headline(p, report_dir)
     images = "".join(f'<img src="{c}" alt="{c}" style="max-width:49%">' for c in charts if (report_dir / c).exists())
@@ -212,7 +213,10 @@ def index_page(p, manifest: dict[str, Any]) -> str:
     text = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>distill-study: "
             f"{html.escape(p.run_name)}</title><style>{STYLE}</style></head><body>"
             f"<h1>distill-study run <code>{html.escape(p.run_name)}</code></h1>"
-            f"<section id='summary'>{finding}</section><div>{images}</div>{head}"
+            # a run under way or failed says so before any number: those may be an earlier run's
+            + (f"{head}<p class='stale'>The numbers below are from the last completed stages; they may predate "
+               "this run.</p>" if status != "ok" else "")
+            + f"<section id='summary'>{finding}</section><div>{images}</div>{head if status == 'ok' else ''}"
             f"<h2>Reports</h2><table><tr><th>report</th><th>what it does</th><th>status</th><th>wall s</th></tr>"
             f"{''.join(rows)}</table>"
             + (f"<h2>Results and other studies</h2><ul>{''.join(more)}</ul>" if more else "")

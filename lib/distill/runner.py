@@ -93,28 +93,44 @@ def quiet_papermill() -> None:
 def execute_step(name: str, notebook: str, values: dict[str, Any], executed_dir: Path, report_dir: Path) -> float:
     """Run notebooks/<notebook>.py with papermill into <executed_dir>/<name>.ipynb and render <report_dir>/<name>.html."""
     import papermill as pm
+    from nbclient.exceptions import DeadKernelError
 
     nb = load_notebook(notebook_path(notebook))
     executed = executed_dir / f"{name}.ipynb"
+    # papermill writes its output as cells run: under a temporary name, so a kill or a full disk never leaves a
+    # half-written notebook where a complete one belongs
+    partial = executed.with_name(f".{name}.partial.ipynb")
     html_out = report_dir / f"{name}.html"
+    for earlier in (partial, executed, html_out):  # nothing of an earlier run may pass for this one's
+        earlier.unlink(missing_ok=True)
     start = time.perf_counter()
     run_name = str(values.get("run_name", ""))
     print(f"[{run_name} {name}] running notebooks/{notebook}.py; its progress follows", file=sys.stderr, flush=True)
+    failure = None
     try:
         with ipc_kernel() as config:
             # the kernel's stdout and stderr stream to this terminal as they come (training steps, generation
             # batches); papermill's cell counter would say nothing for minutes
-            pm.execute_notebook(nb, str(executed), parameters=values, kernel_name="python3",
+            pm.execute_notebook(nb, str(partial), parameters=values, kernel_name="python3",
                                 cwd=str(paths.NOTEBOOKS_DIR), progress_bar=False, log_output=False, report_mode=False,
                                 stdout_file=sys.stdout, stderr_file=sys.stderr, config=config)
     except pm.PapermillExecutionError as err:
+        failure = f"failed in cell {err.exec_count} with {err.ename}: {err.evalue}"
+    except (DeadKernelError, RuntimeError) as err:
+        if not isinstance(err, DeadKernelError) and "kernel died" not in str(err).lower():
+            raise
+        failure = ("stopped: its kernel died (killed from outside, or out of memory: see `dmesg`); run the same "
+                   "command again to resume")
+    except OSError as err:
+        failure = f"stopped: cannot write {err.filename or 'its output'} ({err.strerror or err})"
+    if partial.exists():
+        _redact_file(partial)
+        partial.replace(executed)
+    if executed.exists():
         render_html(executed, html_out, notebook, run_name)
-        raise StepFailed(f"notebook {notebook} ({name}) failed in cell {err.exec_count} "
-                         f"with {err.ename}: {err.evalue}; see {paths.shown(html_out)}") from None
-    finally:
-        if executed.exists():
-            _redact_file(executed)
-    render_html(executed, html_out, notebook, run_name)
+    if failure:
+        see = f"; see {paths.shown(html_out)}" if html_out.exists() else ""
+        raise StepFailed(f"notebook {notebook} ({name}) {failure}{see}")
     return time.perf_counter() - start
 
 
@@ -145,10 +161,11 @@ def write_index(p: StudyParams, manifest: dict[str, Any]) -> Path:
     return out
 
 
-def run_study(p: StudyParams, only: list[str] | None = None, log=print, force: bool = False) -> int:
+def run_study(p: StudyParams, only: list[str] | None = None, log=print, force: bool = False, before=None) -> int:
     """Bring the run's pipeline up to date with `dvc repro`; 0 when every stage is, 1 when one failed.
 
-    `only` names stages (see `pipeline.stages`) to bring up to date, with what they need upstream.
+    `only` names stages (see `pipeline.stages`) to bring up to date, with what they need upstream. `before` runs
+    once the run's lock is held, before anything is written (the preflight checks).
     """
     from . import pipeline
 
@@ -159,21 +176,35 @@ def run_study(p: StudyParams, only: list[str] | None = None, log=print, force: b
     pipeline.ensure_dvc_repo()
     start = dt.datetime.now(dt.timezone.utc)
     with pipeline.run_lock(p):
+        if before is not None:
+            before()
         dvcfile = pipeline.write_pipeline(p)
+        # from now until the end the index and manifest say "running": a kill at any moment never leaves a
+        # previous run's "ok" standing
+        write_run_index(p, start, None, dvcfile, log, render_pages=False)
         log(f"run {p.run_name}: {paths.shown(dvcfile)} ({len(names)} stages); dvc repro runs what is out of date")
         # the report stage is the pipeline's sink: reproducing it brings every stage it needs up to date
         repro_args = ["repro", *(pipeline.targets(p, only) if only else pipeline.targets(p, ["report"]))]
         if force:  # with --only: those stages alone, not what they need upstream
             repro_args += ["--force", "--single-item"] if only else ["--force"]
-        res = pipeline.dvc(*repro_args)
+        try:
+            res = pipeline.dvc(*repro_args)
+        except KeyboardInterrupt:
+            write_run_index(p, start, 130, dvcfile, log, failure="interrupted (Ctrl-C); run the same command "
+                            "again: finished stages are kept and training resumes from its last checkpoint")
+            return 130
         code = 0 if res.returncode == 0 else 1
         index = write_run_index(p, start, code, dvcfile, log)
         log(f"report: {paths.shown(index)}")
     return code
 
 
-def write_run_index(p: StudyParams, start: dt.datetime, code: int, dvcfile: Path, log=print) -> Path:
-    """index.html and manifest.json of a run from its stages' records; a failed repro says so, never "ok"."""
+def write_run_index(p: StudyParams, start: dt.datetime, code: int | None, dvcfile: Path, log=print,
+                    render_pages: bool = True, failure: str | None = None) -> Path:
+    """index.html and manifest.json of a run from its stages' records; a failed repro says so, never "ok".
+
+    `code` None: the run is under way (the manifest names its process, so a reader can tell a killed run).
+    """
     from . import pipeline
     from .stage import NOTEBOOK_REPORTS, record_file
 
@@ -183,22 +214,29 @@ def write_run_index(p: StudyParams, start: dt.datetime, code: int, dvcfile: Path
         if s.name not in NOTEBOOK_REPORTS:
             continue
         executed = p.run_dir / "executed" / f"{NOTEBOOK_REPORTS[s.name]}.ipynb"
-        if executed.exists():  # pages are views of the executed notebooks: re-rendered by today's renderer
+        if render_pages and executed.exists():  # pages are views of the executed notebooks: re-rendered today
             render_html(executed, p.report_dir / f"{NOTEBOOK_REPORTS[s.name]}.html", s.notebook, p.run_name)
         rec = record_file(p, NOTEBOOK_REPORTS[s.name])
         info = json.loads(rec.read_text()) if rec.exists() else {}
         steps.append({"name": NOTEBOOK_REPORTS[s.name], "stage": s.name, "notebook": s.notebook, "title": s.title,
                       "status": info.get("status", "not run"), "wall_s": info.get("wall_s"),
                       "ran_at": info.get("start"), "failure": info.get("failure")})
+    from .reproduce import machine_info
+
+    status = "running" if code is None else "ok" if code == 0 else "failed"
     manifest: dict[str, Any] = {
-        "run_name": p.run_name, "status": "ok" if code == 0 else "failed",
-        "start": start.isoformat(timespec="seconds"), "end": end.isoformat(timespec="seconds"),
-        "wall_s": (end - start).total_seconds(), "seed": p.seed, "params": p.to_dict(),
+        "run_name": p.run_name, "status": status,
+        "start": start.isoformat(timespec="seconds"), "end": None if code is None else end.isoformat(timespec="seconds"),
+        "wall_s": None if code is None else (end - start).total_seconds(), "seed": p.seed, "params": p.to_dict(),
         "pipeline": paths.shown(dvcfile), "git": git_commit(), "packages": package_versions(),
-        "device": device_info(), "steps": steps}
-    if code:
+        "device": device_info(), "machine": machine_info(), "steps": steps}
+    if code is None:
+        manifest["failure"] = (f"under way since {manifest['start']} (process {os.getpid()} on {platform.node()}); "
+                               "if that process is gone, the run was interrupted: run the same command again")
+    elif code:
         failed = [s for s in steps if s["status"] == "failed" and s.get("failure")]
-        manifest["failure"] = failed[0]["failure"] if failed else "dvc repro failed; its error is printed above"
+        manifest["failure"] = failure or (failed[0]["failure"] if failed else
+                                          "dvc repro failed; its error is printed above")
         log(f"FAILED: {manifest['failure']}")
     lock = dvcfile.with_name("dvc.lock")
     if lock.exists():  # what DVC recorded of every stage's inputs and outputs, beside the reports
@@ -218,7 +256,11 @@ def run_sweeps(base: StudyParams, register, log=print) -> int:
             "scores what is missing")
         summary = sweep.sweeps_dir(base) / "summary.json"
         before = summary.read_text() if summary.exists() else None
-        res = pipeline.dvc("repro", *pipeline.targets(base, ["sweep-summary"]))
+        try:
+            res = pipeline.dvc("repro", *pipeline.targets(base, ["sweep-summary"]))
+        except KeyboardInterrupt:
+            log("interrupted (Ctrl-C); run the same command again: trained and scored seeds are kept")
+            return 130
         if res.returncode != 0:
             log(f"FAILED: dvc repro exited {res.returncode}; see the stage's output above and {paths.shown(dvcfile)}")
             return 1

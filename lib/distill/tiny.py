@@ -69,18 +69,24 @@ def _tokenizer_texts(squad_dir: str) -> list[str]:
 
 
 def ensure_tiny_model(name: str, squad_dir: str = "", seed: int = 0) -> Path:
-    """The cached folder of tiny model `name` (tokenizer included), building it on first use."""
+    """The cached folder of tiny model `name` (tokenizer included), building it on first use.
+
+    Its cache name covers what it is made from (config, seed and the tokenizer, itself named after the text it
+    learnt), and building it leaves the caller's random state as it was: a run's numbers do not depend on whether
+    the cache was warm.
+    """
     if name not in TINY_CONFIGS:
         raise ValueError(f"tiny:{name}: unknown tiny model; known: {', '.join('tiny:' + n for n in TINY_CONFIGS)}")
-    key = hash_config([TINY_CONFIGS[name], TINY_VOCAB, TOKENIZER_ROWS, CHAT_TEMPLATE, seed])
+    tok_dir = ensure_tiny_tokenizer(squad_dir)
+    key = hash_config([TINY_CONFIGS[name], TINY_VOCAB, seed, tok_dir.name])
     out = paths.MODELS_DIR / "tiny" / f"{name}-{key}"
     if (out / "config.json").exists():
         return out
-    tok_dir = ensure_tiny_tokenizer(squad_dir)
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tok_dir)
-    model = build_model(name, len(tokenizer), seed)
+    with torch.random.fork_rng():
+        model = build_model(name, len(tokenizer), seed)
 
     def build(tmp: Path) -> None:
         model.save_pretrained(tmp)
@@ -90,8 +96,10 @@ def ensure_tiny_model(name: str, squad_dir: str = "", seed: int = 0) -> Path:
 
 
 def ensure_tiny_tokenizer(squad_dir: str = "") -> Path:
-    out = paths.MODELS_DIR / "tiny" / f"tokenizer-{hash_config([TINY_VOCAB, TOKENIZER_ROWS, CHAT_TEMPLATE])}"
+    """The tokenizer learnt from the first TOKENIZER_ROWS training rows; named after those texts."""
+    texts = _tokenizer_texts(squad_dir)
+    out = paths.MODELS_DIR / "tiny" / f"tokenizer-{hash_config([TINY_VOCAB, CHAT_TEMPLATE, texts])}"
     if (out / "tokenizer.json").exists():
         return out
-    tokenizer = build_tokenizer(_tokenizer_texts(squad_dir))
+    tokenizer = build_tokenizer(texts)
     return atomic_folder(lambda tmp: tokenizer.save_pretrained(tmp), out)
