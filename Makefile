@@ -17,7 +17,7 @@ export SQUAD_DIR ?= $(wildcard $(abspath ../shared/data/squad))
 export PYTHONUNBUFFERED := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup browser test test-fast study sweep capacity smoke status dag validate params lab notebooks bench-loss bench-step clean
+.PHONY: help setup browser test test-fast study sweep capacity smoke status dag validate params lab notebooks bench-loss bench-step bench-processes clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -83,6 +83,9 @@ bench-loss: setup ## memory and speed of the KD loss at Gemma's 256k vocabulary,
 
 bench-step: setup ## cost of a distillation step (live teacher, cached sparse teacher) vs a CE step on PROFILE's models
 	$(PY) benchmarks/step_cost.py params/$(PROFILE).yaml
+
+bench-processes: setup ## one distillation step on 2 processes x 1 thread vs 1 process x 2 threads (same global batch) on PROFILE's run
+	$(PY) benchmarks/process_step.py params/$(PROFILE).yaml --processes 2 --threads 1
 
 clean: ## remove the runs' artifacts and the smoke report and pipeline (keeps .venv, the model cache and .dvc/cache)
 	rm -rf artifacts reports/smoke pipelines/smoke

@@ -29,6 +29,7 @@ learning_rate: float = 1.0e-3  # peak learning rate
 max_steps: int = 4  # optimizer steps
 batch_size: int = 4  # examples per forward pass
 grad_accum_steps: int = 1  # forward passes per optimizer step
+num_processes: int = 1  # training processes; > 1 launches them with accelerate (batch_size each)
 eval_steps: int = 2  # evaluate and checkpoint every N steps
 alpha_ce: float = 1.0  # weight of CE on the gold answer
 gamma_kl: float = 1.0  # weight of the divergence (x T^2)
@@ -41,15 +42,30 @@ distill_positions: str = "all"  # teacher terms on answer tokens or on every rea
 import pandas as pd
 from IPython.display import display
 
-from distill import data, losses, models, params, paths, plots, study, summaries, training
+from distill import params, paths, plots, student_training, study, summaries
 
 p = params.from_notebook(globals())
-models.setup_torch(p.seed, p.torch_threads)
-device = models.resolve_device(p.device)
 report = p.report_dir
-out_dir = study.variant_dir(p, p.variant)
 print(f"run {p.run_name}, variant {p.variant}: alpha_ce {p.alpha_ce}, gamma_kl {p.gamma_kl}, beta_mse {p.beta_mse}, "
       f"T {p.temperature}, {p.kd_kind} on {p.distill_positions} positions")
+
+# %% [markdown]
+# ## Training
+# With `num_processes: 1` the student trains in this kernel. With more, this cell starts them with
+# `accelerate launch` (the config file is `accelerate_config`; DDP by default) and streams their progress to the
+# terminal. Each process takes `batch_size` examples per forward pass: the global batch is
+# `batch_size` x `num_processes` x `grad_accum_steps`.
+# Either way the rest of this page is drawn from the same record of the run (`training_outcome.json`).
+#
+# The teacher runs in `eval()` under `no_grad`, frozen; it is loaded only when a step needs it live (with
+# `teacher_cache` its sparse targets come from the cache, and it runs only for the hidden-state term).
+# Teacher and student must share one vocabulary; the layer map sends each student layer to a teacher
+# layer, and a learned projection maps the student's width to the teacher's.
+
+# %%
+outcome = student_training.train_student(p)
+print(f"trained on {outcome.processes} process{'es' if outcome.processes > 1 else ''}; teacher targets: "
+      f"{outcome.teacher_targets}")
 
 # %% [markdown]
 # ## Data
@@ -58,57 +74,18 @@ print(f"run {p.run_name}, variant {p.variant}: alpha_ce {p.alpha_ce}, gamma_kl {
 # the window's position around the answer is drawn at random (seeded).
 
 # %%
-sets = study.load_data(p)
-student_model, tokenizer = study.load_student(p, device)
-encoded = study.encode_training(p, tokenizer, sets)
-train_enc, eval_enc = encoded["train"], encoded["eval"]
-stats = pd.DataFrame({"train": data.length_stats(train_enc.lengths), "eval": data.length_stats(eval_enc.lengths)}).T
-stats["windowed"] = [train_enc.windowed, eval_enc.windowed]
-stats["dropped"] = [train_enc.dropped, eval_enc.dropped]
-display(stats.round(1))
-plots.save(plots.token_lengths(train_enc.lengths, p.max_length, f"{p.run_name}: training examples"),
+display(pd.DataFrame(outcome.length_stats).T.round(1))
+plots.save(plots.token_lengths(outcome.train_lengths, p.max_length, f"{p.run_name}: training examples"),
            report, f"token_lengths_{p.variant}")
-example = train_enc.features[0]
 print("one training example, answer tokens marked by the labels:")
-print(tokenizer.decode(example["input_ids"][: example["prompt_len"]])[-300:], "[[",
-      tokenizer.decode([t for t in example["labels"] if t != -100]), "]]")
+print(outcome.example)
 
 # %% [markdown]
 # ## Models
-# The teacher runs in `eval()` under `no_grad`, frozen; it is loaded only when a step needs it live (with
-# `teacher_cache` its sparse targets come from the cache, and it runs only for the hidden-state term).
-# Teacher and student must share one vocabulary; the layer map sends each student layer to a teacher
-# layer, and a learned projection maps the student's width to the teacher's.
 
 # %%
-teacher_model = None
-vocab_size = len(tokenizer)
-n_student = len(models.decoder_layers(student_model))
-n_teacher = n_student
-targets = study.cached_targets(p, tokenizer) if p.uses_teacher_cache else None
-if targets is not None:
-    print(f"teacher targets: {p.teacher_cache} (k = {p.teacher_cache_k}) from {targets.view_path.parent.parent.name}, "
-          f"{len(targets.entries)} examples")
-if p.needs_live_teacher:
-    teacher_model, teacher_tok = study.load_teacher(p, device)
-    vocab_size = models.check_vocab_compatible(teacher_tok, tokenizer, teacher_model, student_model)
-    n_teacher = len(models.decoder_layers(teacher_model))
-pruned_from = getattr(student_model.config, "pruned_from_layers", None)
-cfg = training.loss_config(p, n_student, n_teacher, vocab_size, pruned_from)
-projection = None
-if p.beta_mse > 0:
-    projection = losses.HiddenProjection(student_model.config.hidden_size, teacher_model.config.hidden_size).to(device)
-if p.use_lora:
-    student_model = models.apply_lora(student_model, p.lora_r, p.lora_alpha, p.lora_dropout,
-                                      p.lora_target_modules or None)
-rows = {"student (total)": models.count_params(student_model),
-        "student (trainable)": models.trainable_params(student_model)}
-if teacher_model is not None:
-    rows["teacher (as loaded)"] = models.count_params(teacher_model)
-if projection is not None:
-    rows["hidden projection (trainable)"] = sum(q.numel() for q in projection.parameters())
-display(pd.DataFrame({"parameters (M)": {k: v / 1e6 for k, v in rows.items()}}).round(3))
-print(f"layer map (student layer -> teacher layer): {cfg.layer_map if p.beta_mse > 0 else 'unused (beta_mse 0)'}")
+display(pd.DataFrame({"parameters (M)": {k: v / 1e6 for k, v in outcome.parameters.items()}}).round(3))
+print(f"layer map (student layer -> teacher layer): {outcome.layer_map if p.beta_mse > 0 else 'unused (beta_mse 0)'}")
 
 # %% [markdown]
 # ## Recovery phase (when `recovery_steps` > 0)
@@ -116,22 +93,9 @@ print(f"layer map (student layer -> teacher layer): {cfg.layer_map if p.beta_mse
 # plus (for the distilled variant) the teacher's distribution on every token, as Minitron does.
 
 # %%
-inputs = study.training_inputs(p)
-resume_from = training.checkpoint_to_resume(p, out_dir, cfg, inputs, projection)
-if p.recovery_steps and resume_from is None:
-    rec_cfg = training.loss_config(p.replace(distill_positions="all"), n_student, n_teacher, vocab_size, pruned_from)
-    recovery = training.train(p, student_model, tokenizer, encoded["recovery"], [], out_dir / "recovery",
-                              teacher=teacher_model, cfg=rec_cfg, max_steps=p.recovery_steps, projection=projection,
-                              inputs=inputs, teacher_targets=targets)
-    student_model = recovery.trainer.model
-    recovery_history = recovery.log_history
-elif p.recovery_steps:
-    print(f"resuming from {resume_from.name}: it holds the weights after the recovery phase and the steps before it")
-    recovery_history = training.read_log_history(out_dir / "recovery")
-else:
-    print("no recovery phase")
+print(outcome.recovery)
 if p.recovery_steps:
-    plots.save(plots.loss_components(recovery_history, f"{p.run_name} {p.variant}: recovery phase"),
+    plots.save(plots.loss_components(outcome.recovery_history, f"{p.run_name} {p.variant}: recovery phase"),
                report, f"recovery_loss_components_{p.variant}")
 
 # %% [markdown]
@@ -141,16 +105,10 @@ if p.recovery_steps:
 # `<run>/students/<variant>/best`.
 
 # %%
-result = training.train(p, student_model, tokenizer, train_enc.features, eval_enc.features, out_dir,
-                        teacher=teacher_model, cfg=cfg, projection=projection, inputs=inputs,
-                        teacher_targets=targets)
-history = result.log_history
-train_log = [e for e in history if "loss" in e]
+history = outcome.history
 eval_log = [e for e in history if "eval_loss" in e]
-state = result.trainer.state
-best_step = int(state.best_model_checkpoint.rsplit("-", 1)[1]) if state.best_model_checkpoint else None
-print(f"{state.global_step} steps; best eval answer CE {state.best_metric:.4f} (step {best_step}); saved to "
-      f"{paths.shown(result.best_dir)}")
+print(f"{outcome.global_step} steps; best eval answer CE {outcome.best_metric:.4f} (step {outcome.best_step}); saved to "
+      f"{paths.shown(outcome.best_dir)}")
 plots.save(plots.loss_components(history, f"{p.run_name} {p.variant}: loss components"),
            report, f"loss_components_{p.variant}", show=False)  # the summary shows it first
 display(pd.DataFrame(eval_log).filter(regex=r"^(step|eval_(ce|kd|hidden|total))$").round(4))
@@ -159,5 +117,6 @@ display(pd.DataFrame(eval_log).filter(regex=r"^(step|eval_(ce|kd|hidden|total))$
 study.write_json(report / f"log_history_{p.variant}.json", history)
 
 # %% tags=["summary"]
-summaries.show(summaries.training(p, history, best_step, state.best_metric, len(train_enc.features), state.global_step),
+summaries.show(summaries.training(p, history, outcome.best_step, outcome.best_metric, outcome.train_examples,
+                                  outcome.global_step),
                report / f"loss_components_{p.variant}.png")

@@ -106,7 +106,7 @@ def make_project_copy(dest: Path) -> Path:
 
     root = Path(__file__).resolve().parents[1]
     dest.mkdir(parents=True, exist_ok=True)
-    for name in ("lib", "notebooks", "params"):
+    for name in ("lib", "notebooks", "params", "configs"):
         shutil.copytree(root / name, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "dvc.lock"))
     (dest / ".dvc").mkdir()
     for name in (".dvc/config", ".dvc/.gitignore", ".dvcignore", ".gitignore"):

@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     stage.add_argument("params_file", help="pipelines/<run>/params.yaml")
     stage.add_argument("kind", help="teacher, train, merge, score, speed or report")
     stage.add_argument("args", nargs="*", help="the variant (train), model (score, speed), or a sweep stage's arguments")
+    rank = sub.add_parser("train-student", help="(what `accelerate launch` runs on each process) one student's "
+                                                "training from a launch's params file")
+    rank.add_argument("params_file", help="artifacts/<run>/students/<variant>/launch_params.json")
     args = parser.parse_args(argv)
 
     from .params import ParamsError, help_table, load
@@ -80,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(format_comparison(result))
         return exit_code(result)
+    if args.command == "train-student":
+        from .student_training import rank_main
+
+        return rank_main(args.params_file)
     if args.command == "stage":
         from .pipeline import die_with_run
         from .stage import main as stage_main

@@ -84,7 +84,8 @@ class StudyParams:
     # --- training ------------------------------------------------------------------------
     learning_rate: float = _f(2.0e-4, "peak learning rate (linear decay after warmup)", gt=0)
     max_steps: int = _f(4, "optimizer steps", min=1)
-    batch_size: int = _f(4, "examples per forward pass", min=1)
+    batch_size: int = _f(4, "examples per forward pass of each process (global batch: batch_size x "
+                                 "num_processes x grad_accum_steps)", min=1)
     grad_accum_steps: int = _f(1, "forward passes per optimizer step", min=1)
     warmup_ratio: float = _f(0.1, "fraction of steps of linear warmup", min=0.0, max=1.0)
     weight_decay: float = _f(0.0, "AdamW weight decay", min=0.0)
@@ -93,6 +94,17 @@ class StudyParams:
     resume: bool = _f(True, "after a kill, continue training from the last complete checkpoint made with the same "
                             "settings and input models (false: always start over)")
     gradient_checkpointing: bool = _f(False, "trade compute for activation memory")
+
+    # --- processes (accelerate) ----------------------------------------------------------
+    num_processes: int = _f(1, "training and teacher-cache processes; > 1 launches them with `accelerate launch` "
+                               "(DDP on CPUs over gloo, on GPUs over NCCL, or what accelerate_config says); "
+                               "each takes batch_size examples per forward pass", min=1)
+    accelerate_config: str = _f("", "accelerate config file for num_processes > 1 (e.g. configs/accelerate/"
+                                    "gemma_fsdp_8gpu.yaml); empty = configs/accelerate/ddp_cpu.yaml on a CPU, "
+                                    "ddp_gpu.yaml on GPUs")
+    teacher_placement: Literal["replicated", "sharded"] = _f(
+        "replicated", "a live teacher under num_processes > 1: a whole copy on every process (replicated), or "
+                      "sharded with the student (needs an FSDP accelerate_config and an unquantised teacher)")
 
     # --- the loss ------------------------------------------------------------------------
     alpha_ce: float = _f(1.0, "weight of cross-entropy on the gold answer", min=0.0)
@@ -164,6 +176,9 @@ class StudyParams:
             if self.latency_prompts > self.capacity_questions:
                 raise ParamsError(f"latency_prompts: {self.latency_prompts} exceeds capacity_questions "
                                   f"({self.capacity_questions}); the timed prompts are a subset of the scored ones")
+        if self.teacher_placement == "sharded" and self.teacher_load_in_4bit:
+            raise ParamsError("teacher_placement: sharded needs an unquantised teacher (FSDP cannot shard 4-bit "
+                              "weights); set teacher_load_in_4bit: false or teacher_placement: replicated")
         if self.recovery_steps and not self.recovery_size:
             raise ParamsError(f"recovery_steps: {self.recovery_steps} needs recovery_size >= 1 (contexts to train on)")
 

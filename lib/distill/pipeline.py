@@ -46,6 +46,7 @@ STUDENT_TRAINING = ["use_lora", "learning_rate", "max_steps", "eval_steps", "rec
 TEACHER_TERMS = ["gamma_kl", "beta_mse", "temperature", "kd_kind", "jsd_beta", "kd_chunk_size",
                  "distill_positions", "layer_map", "hidden_loss"]
 GENERATION = ["max_new_tokens", "bench_batch_size"]
+PROCESSES = ["num_processes", "accelerate_config"]  # training and the teacher cache may run on N processes
 SCORING = ["seed", "device", "torch_threads", "model_dtype", "squad_dir", "data_pool_rows", "bench_size",
            "max_length", *GENERATION]
 
@@ -138,8 +139,9 @@ def stages(p: StudyParams) -> list[Stage]:
             "teacher-cache", ["teacher-cache"],
             RUNTIME + SUBSETS + ["teacher", "teacher_load_in_4bit", "bnb_compute_dtype", "teacher_cache",
                                  "teacher_cache_k", "temperature", "distill_positions", "gamma_kl", "recovery_steps",
-                                 "batch_size", *(["capacity_keep", "capacity_seeds"] if p.capacity_keep else [])],
-            deps=[*common, f"{lib}/teacher_cache.py", *made], persist=[rel(study.run_dir_cache(p))],
+                                 "batch_size", *PROCESSES,
+                                 *(["capacity_keep", "capacity_seeds"] if p.capacity_keep else [])],
+            deps=[*common, f"{lib}/teacher_cache.py", f"{lib}/distributed.py", *made], persist=[rel(study.run_dir_cache(p))],
             extra_params={reg: ["sweeps"]} if reg else {},
             title=f"Teacher cache: sparse targets of {len(users)} training run(s)"))
 
@@ -205,9 +207,9 @@ def train_stage(p: StudyParams, variant: str, name: str, args: list[str]) -> Sta
     run, rep = rel(p.run_dir), project_relative(p.report_dir, "reports")
     lib = "lib/distill"
     vp = p.replace(**VARIANT_OVERRIDES[variant])
-    keys = RUNTIME + SUBSETS + STUDENT + TRAINER + STUDENT_TRAINING + ["teacher"]
+    keys = RUNTIME + SUBSETS + STUDENT + TRAINER + STUDENT_TRAINING + PROCESSES + ["teacher"]
     if vp.uses_teacher:
-        keys += ["teacher_load_in_4bit", "bnb_compute_dtype"] + TEACHER_TERMS
+        keys += ["teacher_load_in_4bit", "bnb_compute_dtype", "teacher_placement"] + TEACHER_TERMS
     cache_view = []
     if vp.uses_teacher_cache:
         from . import teacher_cache
@@ -221,7 +223,8 @@ def train_stage(p: StudyParams, variant: str, name: str, args: list[str]) -> Sta
         files.append(f"recovery_loss_components_{variant}.png")
     made = [rel(d) for d in base_models_dirs(p)]
     code = [f"{lib}/{m}.py" for m in ("params", "data", "models", "sources", "tiny", "study", "paths", "stage",
-                                      "training", "trainer", "losses", "plots", "runner", "summaries", "teacher_cache")]
+                                      "training", "trainer", "losses", "plots", "runner", "summaries", "teacher_cache",
+                                      "student_training", "distributed")]
     return Stage(name, args, keys, deps=["notebooks/01_distill.py", *code, *made, *cache_view],
                  persist=[rel(study.variant_dir(p, variant))],
                  reports=[f"{rep}/{f}" for f in files] + [f"{run}/executed/{report_name}.ipynb"],
@@ -397,7 +400,11 @@ def die_with_parent(only_if_parent_is: str | None = None) -> None:
 def die_with_run() -> None:
     """A stage started by a run (through DVC and its shell) ends as soon as that run process is gone, so a killed
     run leaves nothing behind that holds its outputs or the CPU; its kernel follows (ipykernel polls its parent)."""
-    pid = int(os.environ.get(RUN_PID_ENV, "0") or 0)
+    die_with(int(os.environ.get(RUN_PID_ENV, "0") or 0))
+
+
+def die_with(pid: int) -> None:
+    """End this process (exit 137) as soon as process `pid` is gone; 0 watches nothing."""
     if not pid:
         return
     import threading

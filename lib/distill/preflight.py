@@ -36,6 +36,8 @@ def check(p: StudyParams, models: bool = True, log=print) -> dict[str, Any]:
         if getattr(p, key):
             pipeline.project_relative(paths.resolve(getattr(p, key)), key)
     found: dict[str, Any] = {"folders": check_folders(p, deploy=models)}
+    if p.num_processes > 1:
+        found["processes"] = check_processes(p)
     found["data"], sets = check_data(p)
     if models and not p.base_run_dir:
         found["models"] = check_models(p, sets)
@@ -49,6 +51,34 @@ def check(p: StudyParams, models: bool = True, log=print) -> dict[str, Any]:
         for note in m.get("notes", []):
             log(note)
     return found
+
+
+# --------------------------------------------------------------------------------------------
+# Processes
+# --------------------------------------------------------------------------------------------
+def check_processes(p: StudyParams) -> str:
+    """The accelerate config of a multi-process run: readable by accelerate, and able to do what params ask."""
+    from accelerate.utils import DistributedType
+
+    from . import distributed
+
+    path = distributed.config_file(p)
+    try:
+        kind = distributed.check_config(path).distributed_type
+    except (OSError, ValueError) as err:
+        raise PreflightError(str(err)) from None
+    shown = f"accelerate_config: {paths.shown(path)} ({kind.value})"
+    if distributed.uses_cpu(p) and kind in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        raise PreflightError(f"{shown}: accelerate runs {kind.value} on GPUs only and this run uses the CPU; use "
+                             "configs/accelerate/ddp_cpu.yaml (or leave accelerate_config empty)")
+    if kind == DistributedType.FSDP and p.beta_mse > 0:
+        raise PreflightError(f"{shown}: beta_mse {p.beta_mse} needs the hidden projection, which lives outside the "
+                             "sharded student; use configs/accelerate/ddp_gpu.yaml, or set beta_mse: 0")
+    if p.teacher_placement == "sharded" and p.needs_live_teacher and kind != DistributedType.FSDP:
+        raise PreflightError(f"{shown}: teacher_placement: sharded needs an FSDP config (configs/accelerate/"
+                             "gemma_fsdp_8gpu.yaml); with DDP every process holds the whole teacher: set "
+                             "teacher_placement: replicated")
+    return shown
 
 
 # --------------------------------------------------------------------------------------------

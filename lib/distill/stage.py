@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -119,13 +120,21 @@ def sweep_score_stage(p: StudyParams, name: str, seed: str, model: str, question
     return 0
 
 
-def teacher_cache_stage(p: StudyParams) -> int:
-    """Fill the run's teacher cache for every training run that reads it (the teacher runs once per new example)."""
-    from . import models, study, teacher_cache
+def teacher_cache_stage(p: StudyParams, params_path: str | Path) -> int:
+    """Fill the run's teacher cache for every training run that reads it (the teacher runs once per new example).
 
+    With num_processes > 1 the stage launches itself on that many processes (accelerate), each running the
+    teacher on its share of the batches."""
+    from . import distributed, models, study, teacher_cache
+
+    rank, world = distributed.world()
+    if p.num_processes > 1 and world == 1:
+        distributed.launch(p, ["stage", str(params_path), "teacher-cache"], stream=sys.stdout)
+        return 0
+    distributed.follow_launcher()
     users = pipeline.cache_users(p)
-    models.setup_torch(p.seed, p.torch_threads)
-    device = models.resolve_device(p.device)
+    models.setup_torch(p.seed, distributed.threads_per_process(p) if world > 1 else p.torch_threads)
+    device = distributed.rank_device(p)
     teacher, tokenizer = study.load_teacher(p, device)
     stores: dict[Path, dict[str, Any]] = {}
     for up in users:
@@ -133,19 +142,22 @@ def teacher_cache_stage(p: StudyParams) -> int:
         entry = stores.setdefault(store, {"params": up, "views": {}})
         entry["views"][up.run_name] = study.training_features(up, tokenizer)
     kept = set(stores)
-    for old in study.run_dir_cache(p).glob("*/"):
-        if old not in kept:  # settings no run uses any more
-            import shutil
+    if rank == 0:
+        for old in study.run_dir_cache(p).glob("*/"):
+            if old not in kept:  # settings no run uses any more
+                import shutil
 
-            shutil.rmtree(old)
+                shutil.rmtree(old)
     for store, entry in stores.items():
         up = entry["params"]
         config = teacher_cache.cache_config(study.teacher_source(up), tokenizer, up.max_length, up.temperature,
                                             up.teacher_cache, up.teacher_cache_k, up.distill_positions)
         t0 = time.perf_counter()
         report = teacher_cache.fill(store, config, entry["views"], teacher, device, up.batch_size,
-                                    tokenizer.pad_token_id)
-        print(f"{store.name}: {report.line()}; {time.perf_counter() - t0:.1f} s", flush=True)
+                                    tokenizer.pad_token_id, part=(rank, world))
+        if report is not None:
+            print(f"{store.name}: {report.line()}; {time.perf_counter() - t0:.1f} s"
+                  f"{f' on {world} processes' if world > 1 else ''}", flush=True)
     return 0
 
 
@@ -188,7 +200,7 @@ def main(params_path: str, kind: str, *args: str) -> int:
             capacity.score(p, variant, int(keep), int(seed))
         return 0
     if kind == "teacher-cache":
-        return teacher_cache_stage(p)
+        return teacher_cache_stage(p, params_path)
     if kind == "sweep-summary":
         from . import sweep
 

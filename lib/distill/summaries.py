@@ -62,7 +62,9 @@ def recipe(p) -> str:
     if p.beta_mse:
         terms.append(f"{p.beta_mse:g} x hidden-state {p.hidden_loss}")
     adapter = f"LoRA r {p.lora_r}" if p.use_lora else "full student"
-    return " + ".join(terms) + f"; {adapter}, learning rate {p.learning_rate:g}, batch {p.batch_size} x {p.grad_accum_steps}"
+    return " + ".join(terms) + f"; {adapter}, learning rate {p.learning_rate:g}, batch {p.batch_size} x {p.grad_accum_steps}" + \
+        (f" per process on {p.num_processes} processes ({p.batch_size * p.grad_accum_steps * p.num_processes} "
+         "examples per step)" if p.num_processes > 1 else "")
 
 
 def training(p, history: list[dict[str, Any]], best_step: int | None, best_loss: float | None, examples: int,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -144,7 +145,10 @@ def _read_manifest(store: Path) -> dict[str, Any] | None:
 
 
 def _valid_shards(store: Path, manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Shards whose bytes still hash to their name (a truncated or corrupt one is dropped, its rows recomputed)."""
+    """Shards whose bytes still hash to their name (a truncated or corrupt one is dropped, its rows recomputed),
+    plus complete shards the manifest does not list yet (written by other processes, or before a kill)."""
+    from safetensors import safe_open
+
     ok = {}
     for name, info in manifest.get("shards", {}).items():
         f = store / "shards" / name
@@ -153,21 +157,23 @@ def _valid_shards(store: Path, manifest: dict[str, Any]) -> dict[str, dict[str, 
         elif f.exists():
             print(f"teacher cache: shard {name} is corrupt or truncated; its examples are recomputed", flush=True)
             f.unlink()
+    for f in sorted((store / "shards").glob("*.safetensors")):
+        if f.name in ok:
+            continue
+        sha = sha256_file(f)
+        if f.name != f"{sha[:20]}.safetensors":
+            f.unlink()  # not a shard this code wrote whole
+            continue
+        with safe_open(str(f), "pt") as fh:
+            rows = sum(where[1] for where in json.loads(fh.metadata()["index"]).values())
+        ok[f.name] = {"sha256": sha, "bytes": f.stat().st_size, "positions": rows}
     return ok
 
 
-def fill(store: Path, config: dict[str, Any], views: dict[str, list[dict[str, Any]]], teacher, device,
-         batch_size: int, pad_id: int, log=print) -> FillReport:
-    """Make sure every example of every view (a training run's examples) has its targets in `store`; write
-    each view.
-
-    Examples already stored (same key) are not run through the teacher again. A store made with another
-    config is removed first (never used silently).
-    """
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
-    from .data import pad_batch
+def _prepare(store: Path, config: dict[str, Any], log) -> None:
+    """The store ready for `config`: one made with another config is removed (never used silently), and the
+    manifest lists exactly the shards that are whole."""
+    import shutil
 
     manifest = _read_manifest(store)
     if manifest is not None and manifest.get("config") != config:
@@ -175,62 +181,100 @@ def fill(store: Path, config: dict[str, Any], views: dict[str, list[dict[str, An
         log(f"teacher cache: {store.name} was made with other {', '.join(differs)}; rebuilding it")
         manifest = None
     if manifest is None:
-        import shutil
-
         shutil.rmtree(store, ignore_errors=True)
         manifest = {"config": config, "shards": {}}
     (store / "shards").mkdir(parents=True, exist_ok=True)
-    shards = _valid_shards(store, manifest)
-    located: dict[str, list] = {}  # key -> [shard, start, rows]
+    manifest["shards"] = dict(sorted(_valid_shards(store, manifest).items()))
+    paths.write_text_atomic(store / "manifest.json", json.dumps(manifest, indent=1, sort_keys=True))
+
+
+def _located(store: Path, shards: dict[str, Any]) -> dict[str, list]:
+    """key -> [shard, first row in the shard, rows, the example's row they start at]"""
+    from safetensors import safe_open
+
+    located: dict[str, list] = {}
     for name in shards:
         with safe_open(str(store / "shards" / name), "pt") as fh:
             for key, where in json.loads(fh.metadata()["index"]).items():
                 located[key] = [name, *where]
+    return located
+
+
+@torch.no_grad()
+def _write_shard(store: Path, config: dict[str, Any], chunks: list[list[tuple[str, dict]]], teacher, device,
+                 pad_id: int, tag: str) -> int:
+    """Run the teacher on `chunks` (batches of (key, feature)) and store their targets as one shard; the rows."""
+    from safetensors.torch import save_file
+
+    from .data import pad_batch
+
+    positions = config.get("positions", "all")
+    parts: dict[str, list[torch.Tensor]] = {}
+    index: dict[str, list[int]] = {}
+    row = 0
+    teacher.eval()
+    for chunk in chunks:
+        batch = pad_batch([{"input_ids": f["input_ids"]} for _, f in chunk], pad_id, side="right")
+        spans = [stored_rows(f, positions) for _, f in chunk]
+        keep = torch.zeros_like(batch["attention_mask"], dtype=torch.bool)
+        for j, (first, n) in enumerate(spans):
+            keep[j, first:first + n] = True
+        # the vocabulary projection only at the stored rows, flattened in row-major order
+        logits = teacher(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                         logits_to_keep=keep.to(device), use_cache=False).logits
+        at = 0
+        for (key, f), (first, n) in zip(chunk, spans):
+            # the same draws whenever it is refilled (on the logits' device: a CUDA draw needs a CUDA generator)
+            gen = torch.Generator(device=logits.device).manual_seed(int(key[:12], 16))
+            targets = sparse_targets(logits[at:at + n, :config["vocab"]], config["temperature"],
+                                     config["format"], config["k"], gen)
+            at += n
+            for name, tensor in targets.items():
+                parts.setdefault(name, []).append(tensor.cpu())
+            index[key] = [row, n, first]
+            row += n
+    if not index:
+        return 0
+    tensors = {name: torch.cat(ts).contiguous() for name, ts in parts.items()}
+    tmp = store / "shards" / f".new-{tag}.safetensors.tmp"
+    save_file(tensors, str(tmp), metadata={"index": json.dumps(index, sort_keys=True)})
+    tmp.replace(store / "shards" / f"{sha256_file(tmp)[:20]}.safetensors")
+    return row
+
+
+def fill(store: Path, config: dict[str, Any], views: dict[str, list[dict[str, Any]]], teacher, device,
+         batch_size: int, pad_id: int, log=print, part: tuple[int, int] = (0, 1)) -> FillReport | None:
+    """Make sure every example of every view (a training run's examples) has its targets in `store`; write
+    each view.
+
+    Examples already stored (same key) are not run through the teacher again. A store made with another
+    config is removed first (never used silently). `part` = (rank, processes): on N processes each rank runs
+    every N-th batch of the missing examples (the same batches one process would run, so the same targets)
+    and writes its own shard; rank 0 then lists them and writes the views, and returns the report (the
+    others return None).
+    """
+    from . import distributed
+
+    rank, world = part
+    if rank == 0:
+        _prepare(store, config, log)
+    distributed.barrier()
+    before = _read_manifest(store)["shards"]
+    located = _located(store, before)
     wanted: dict[str, dict[str, Any]] = {}
     for feats in views.values():
         for f in feats:
             wanted.setdefault(example_key(f["input_ids"]), f)
     missing = [(k, f) for k, f in wanted.items() if k not in located]
-    cached_positions = sum(located[k][2] for k in wanted if k in located)
-    positions = config.get("positions", "all")
-    computed_positions = 0
-    if missing:
-        parts: dict[str, list[torch.Tensor]] = {}
-        index: dict[str, list[int]] = {}
-        row = 0
-        teacher.eval()
-        for i in range(0, len(missing), batch_size):
-            chunk = missing[i:i + batch_size]
-            batch = pad_batch([{"input_ids": f["input_ids"]} for _, f in chunk], pad_id, side="right")
-            spans = [stored_rows(f, positions) for _, f in chunk]
-            keep = torch.zeros_like(batch["attention_mask"], dtype=torch.bool)
-            for j, (first, n) in enumerate(spans):
-                keep[j, first:first + n] = True
-            # the vocabulary projection only at the stored rows, flattened in row-major order
-            logits = teacher(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                             logits_to_keep=keep.to(device), use_cache=False).logits
-            at = 0
-            for (key, f), (first, n) in zip(chunk, spans):
-                # the same draws whenever it is refilled (on the logits' device: a CUDA draw needs a CUDA generator)
-                gen = torch.Generator(device=logits.device).manual_seed(int(key[:12], 16))
-                targets = sparse_targets(logits[at:at + n, :config["vocab"]], config["temperature"],
-                                         config["format"], config["k"], gen)
-                at += n
-                for name, tensor in targets.items():
-                    parts.setdefault(name, []).append(tensor.cpu())
-                index[key] = [row, n, first]
-                row += n
-                computed_positions += n
-        tensors = {name: torch.cat(ts).contiguous() for name, ts in parts.items()}
-        tmp = store / "shards" / ".new.safetensors.tmp"
-        save_file(tensors, str(tmp), metadata={"index": json.dumps(index, sort_keys=True)})
-        sha = sha256_file(tmp)
-        name = f"{sha[:20]}.safetensors"
-        tmp.replace(store / "shards" / name)
-        shards[name] = {"sha256": sha, "bytes": (store / "shards" / name).stat().st_size, "positions": row}
-        for key, where in index.items():
-            located[key] = [name, *where]
-    manifest["shards"] = dict(sorted(shards.items()))
+    batches = [missing[i:i + batch_size] for i in range(0, len(missing), batch_size)]
+    _write_shard(store, config, batches[rank::world], teacher, device, pad_id, tag=f"{os.getpid()}-{rank}")
+    distributed.barrier()
+    if rank != 0:
+        distributed.barrier()
+        return None
+    manifest = {"config": config, "shards": dict(sorted(_valid_shards(store, {"shards": before}).items()))}
+    shards = manifest["shards"]
+    located = _located(store, shards)
     for view_name, feats in views.items():
         keys = sorted({example_key(f["input_ids"]) for f in feats})
         used = sorted({located[k][0] for k in keys})
@@ -241,6 +285,9 @@ def fill(store: Path, config: dict[str, Any], views: dict[str, list[dict[str, An
         if not target.exists() or target.read_text() != text:  # an unchanged view keeps its training up to date
             paths.write_text_atomic(target, text)
     paths.write_text_atomic(store / "manifest.json", json.dumps(manifest, indent=1, sort_keys=True))
+    distributed.barrier()
+    cached_positions = sum(located[k][2] for k in wanted if k not in dict(missing))
+    computed_positions = sum(located[k][2] for k, _ in missing)
     total_bytes = sum(s["bytes"] for s in shards.values())
     total_positions = sum(s["positions"] for s in shards.values())
     return FillReport(len(wanted), cached_positions + computed_positions, cached_positions, computed_positions,
@@ -275,7 +322,9 @@ class CachedTargets:
         self.hits = 0
 
     def lookup(self, input_ids) -> dict[str, torch.Tensor]:
-        key = example_key(input_ids)
+        return self.lookup_key(example_key(input_ids))
+
+    def lookup_key(self, key: str) -> dict[str, torch.Tensor]:
         if key not in self.entries:
             raise KeyError(f"an example is not in the teacher cache {self.view_path} (key {key[:12]}); the cache "
                            "stage and the training disagree on the examples: run the pipeline again")

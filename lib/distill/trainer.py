@@ -15,7 +15,10 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainerCallback
 
-from . import losses, paths
+from . import distributed, losses, paths
+
+# every component the meter may hold, in one order on every rank (a rank without eval batches still joins the sum)
+COMPONENTS = ("ce", "kd", "hidden", "total", "weighted_ce", "weighted_kd", "weighted_hidden")
 
 
 @dataclass
@@ -54,8 +57,19 @@ class ComponentMeter:
             self.sums[mode][k] += v
         self.batches[mode] += 1
 
-    def pop(self, mode: str, divisor: float) -> dict[str, float]:
-        out = {k: v / max(divisor, 1) for k, v in self.sums[mode].items()}
+    def pop(self, mode: str, divisor: float | None = None, device=None) -> dict[str, float]:
+        """Each component's sum over the processes, divided by `divisor` (None: the batches of all processes).
+
+        On N processes the train terms of a rank are its share of the global sum (normalised by the whole
+        window's answer tokens), so their sum over the ranks is what one process logs.
+        """
+        sums = self.sums[mode]
+        values = [sums.get(k, 0.0) for k in COMPONENTS] + [float(k in sums) for k in COMPONENTS] + \
+            [float(self.batches[mode])]
+        values = distributed.all_reduce_sum(values, device)
+        n = len(COMPONENTS)
+        divisor = values[-1] if divisor is None else divisor
+        out = {k: values[i] / max(divisor, 1) for i, k in enumerate(COMPONENTS) if values[n + i] > 0}
         self.sums[mode] = defaultdict(float)
         self.batches[mode] = 0
         return out
@@ -68,8 +82,8 @@ class DistillationTrainer(Trainer):
     every term and the weighted total are logged beside it.
     """
 
-    def __init__(self, *args, teacher=None, loss_config: LossConfig, projection=None,
-                 meter: ComponentMeter | None = None, **kwargs):
+    def __init__(self, *args, teacher=None, teacher_placement: str = "replicated", loss_config: LossConfig,
+                 projection=None, meter: ComponentMeter | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.loss_config = loss_config
         self.teacher = teacher
@@ -79,6 +93,13 @@ class DistillationTrainer(Trainer):
             for p in teacher.parameters():
                 p.requires_grad_(False)
             teacher.eval()
+            # replicated: each process loaded a whole teacher on its own device (study.load_teacher); sharded:
+            # FSDP splits it between the processes like the student, gathering each layer for its forward
+            if teacher_placement == "sharded" and self.accelerator.num_processes > 1:
+                if not self.is_fsdp_enabled:
+                    raise ValueError("teacher_placement: sharded needs FSDP on GPUs (configs/accelerate/"
+                                     "gemma_fsdp_8gpu.yaml); with DDP, or on the CPU, use teacher_placement: replicated")
+                self.teacher = self.accelerator.prepare_model(teacher, evaluation_mode=True)
         if loss_config.beta_mse > 0 and not loss_config.layer_map:
             raise ValueError("beta_mse > 0 needs a layer_map (see losses.uniform_layer_map)")
 
@@ -105,7 +126,8 @@ class DistillationTrainer(Trainer):
                         output_hidden_states=need_hidden, use_cache=False)
         logits = outputs.logits  # [rows of keep, V], in keep's row-major order
         n_items = answer_rows.sum()
-        total_items = num_items_in_batch if num_items_in_batch is not None else n_items
+        # eval: a per-batch mean, as one process has it (the Trainer passes eval the tokens of every rank's batch)
+        total_items = num_items_in_batch if num_items_in_batch is not None and mode == "train" else n_items
         # The hidden term is a per-batch normalised mean; each micro-batch weighs it by its share of the
         # window's answer tokens (CE and KD are sums over the window instead, hence exact).
         share = n_items / total_items.clamp(min=1) if torch.is_tensor(total_items) else n_items / max(total_items, 1)
@@ -165,6 +187,11 @@ class DistillationTrainer(Trainer):
         self.meter.add(mode, {**{k: float(v.detach()) for k, v in terms.items()},
                               "total": float(loss.detach()),
                               **{f"weighted_{k}": weights[k] * float(v.detach()) for k, v in terms.items()}})
+        if mode == "train" and num_items_in_batch is not None and self.args.average_tokens_across_devices:
+            # this rank's loss is its share of the global sum (num_items_in_batch counts every rank's tokens) and
+            # DDP averages the ranks' gradients: scaling by N makes that average the gradient of the sum, as
+            # Trainer.compute_loss does for models that take num_items_in_batch
+            loss = loss * self.accelerator.num_processes
         if mode == "eval":
             # eval_loss picks the best checkpoint: the answer CE for every variant, so the distilled and the
             # CE-only students are selected on the same yardstick (the composite is logged as eval_total)
@@ -178,21 +205,27 @@ class ComponentLogCallback(TrainerCallback):
     def __init__(self, meter: ComponentMeter):
         self.meter = meter
         self.last_step = 0
+        self.last_time = 0.0
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.last_step = state.global_step  # a resumed run starts counting at its checkpoint's step
+        self.last_time = time.perf_counter()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         entry = state.log_history[-1] if state.log_history else None
         if entry is None:
             return
+        # on_log runs on every rank at the same steps: the meters are summed over the ranks here
         if "eval_loss" in entry:
-            comps = self.meter.pop("eval", self.meter.batches["eval"])
+            comps = self.meter.pop("eval", device=args.device)
             entry.update({f"eval_{k}": v for k, v in comps.items()})
         elif "loss" in entry:
             # train sums hold whole optimizer steps (micro-batches already weighted by their share)
-            comps = self.meter.pop("train", state.global_step - self.last_step)
-            self.last_step = state.global_step
+            comps = self.meter.pop("train", state.global_step - self.last_step, device=args.device)
+            now = time.perf_counter()
+            # wall time per optimizer step since the last log (an evaluation in between counts too)
+            entry["step_seconds"] = (now - self.last_time) / max(state.global_step - self.last_step, 1)
+            self.last_step, self.last_time = state.global_step, now
             entry.update({f"train_{k}": v for k, v in comps.items()})
 
 
@@ -209,6 +242,8 @@ class ProgressLineCallback(TrainerCallback):
         self.start, self.first_step = 0.0, 0
 
     def _say(self, text: str) -> None:
+        if not distributed.is_main():  # one line per step, not one per process
+            return
         print(f"[{self.label}] {text}", file=self.stream, flush=True)
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -237,14 +272,24 @@ def _clock(seconds: float) -> str:
 
 
 class ProjectionCheckpointCallback(TrainerCallback):
-    """Saves the hidden-state projection beside each checkpoint and restores the best one at the end."""
+    """Saves the hidden-state projection beside each checkpoint and restores the best one at the end; on N
+    processes it averages the projection's gradients before each optimizer step (DDP wraps only the student)."""
 
     def __init__(self, projection):
         self.projection = projection
 
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return
+        world = torch.distributed.get_world_size()
+        for q in self.projection.parameters():
+            if q.grad is not None:
+                torch.distributed.all_reduce(q.grad)
+                q.grad.div_(world)
+
     def on_save(self, args, state, control, **kwargs):
         ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if ckpt.is_dir():
+        if state.is_world_process_zero and ckpt.is_dir():
             self.projection.save(ckpt)
 
     def on_train_end(self, args, state, control, **kwargs):

@@ -12,7 +12,7 @@ import torch
 from transformers import TrainingArguments
 from transformers.trainer_callback import PrinterCallback
 
-from . import losses
+from . import distributed, losses
 from .data import ListDataset, TrainCollator
 from .paths import atomic_folder, hash_config, write_text_atomic
 from .params import StudyParams
@@ -52,6 +52,9 @@ def loss_config(p: StudyParams, n_student_layers: int, n_teacher_layers: int, vo
 
 def training_args(p: StudyParams, output_dir: Path, max_steps: int, learning_rate: float,
                   evaluate: bool = True) -> TrainingArguments:
+    """The Trainer's arguments. batch_size is per process: N processes with batch size b and accumulation a
+    train on the global batch b x N x a that one process makes with b and a x N, in the same order (rank r
+    takes micro-batch r of each group of N), and evaluate the same batches."""
     eval_every = min(p.eval_steps, max_steps)
     return TrainingArguments(
         output_dir=str(output_dir),
@@ -77,7 +80,7 @@ def training_args(p: StudyParams, output_dir: Path, max_steps: int, learning_rat
         report_to=[],
         seed=p.seed,
         data_seed=p.seed,
-        use_cpu=not torch.cuda.is_available() or p.device == "cpu",
+        use_cpu=distributed.uses_cpu(p),
         gradient_checkpointing=p.gradient_checkpointing,
         dataloader_num_workers=0,
         disable_tqdm=True,  # ProgressLineCallback prints lines instead of a bar
@@ -99,18 +102,31 @@ def train(p: StudyParams, student, tokenizer, train_features, eval_features, out
         raise ValueError("beta_mse > 0 needs a HiddenProjection")
     max_steps = max_steps or p.max_steps
     key = training_key(p, cfg, max_steps, learning_rate or p.learning_rate, inputs)
-    resume = resume_point(p, output_dir, key, needs_projection=projection is not None and cfg.beta_mse > 0)
-    if resume is None:
-        clear_checkpoints(output_dir)  # never continue from checkpoints made with other settings or models
-    output_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(output_dir / KEY_FILE, json.dumps(key, indent=1, default=str))
+    needs_projection = projection is not None and cfg.beta_mse > 0
+    if distributed.is_main():  # rank 0 tidies the folder; the others read it once it is done
+        resume = resume_point(p, output_dir, key, needs_projection)
+        if resume is None:
+            clear_checkpoints(output_dir)  # never continue from checkpoints made with other settings or models
+        output_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(output_dir / KEY_FILE, json.dumps(key, indent=1, default=str))
+    distributed.barrier()
+    if not distributed.is_main():
+        resume = resume_point(p, output_dir, key, needs_projection)
     cfg.positions_per_answer_token = positions_per_answer_token(train_features)
     args = training_args(p, output_dir, max_steps, learning_rate or p.learning_rate,
                          evaluate=bool(eval_features))
     params = [q for q in student.parameters() if q.requires_grad]
     if projection is not None and cfg.beta_mse > 0:
         params += list(projection.parameters())
-    optimizer = torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=args.weight_decay)
+    optimizer = {"optimizers": (torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=args.weight_decay),
+                                None)}
+    if distributed.fsdp_launched():
+        # FSDP replaces the student's parameters when it shards them: the Trainer makes the optimizer after that
+        if projection is not None and cfg.beta_mse > 0:
+            raise ValueError("beta_mse > 0 under FSDP: the hidden projection lives outside the sharded student; use "
+                             "configs/accelerate/ddp_gpu.yaml, or set beta_mse: 0")
+        optimizer = {"optimizer_cls_and_kwargs": (torch.optim.AdamW, {"lr": args.learning_rate,
+                                                                      "weight_decay": args.weight_decay})}
     meter = ComponentMeter()
     collator = TrainCollator(tokenizer.pad_token_id)
     if teacher_targets is not None and cfg.gamma_kl > 0:
@@ -123,20 +139,26 @@ def train(p: StudyParams, student, tokenizer, train_features, eval_features, out
     trainer = DistillationTrainer(
         model=student, args=args, train_dataset=ListDataset(train_features),
         eval_dataset=ListDataset(eval_features) if eval_features else None,
-        data_collator=collator, teacher=teacher, loss_config=cfg,
-        projection=projection if cfg.beta_mse > 0 else None, meter=meter, callbacks=callbacks,
-        optimizers=(optimizer, None))
+        data_collator=collator, teacher=teacher, teacher_placement=p.teacher_placement, loss_config=cfg,
+        projection=projection if cfg.beta_mse > 0 else None, meter=meter, callbacks=callbacks, **optimizer)
     trainer.remove_callback(PrinterCallback)  # it prints every log dict; ProgressLineCallback says it in a line
-    if resume is not None:
+    if resume is not None and distributed.is_main():
         print(f"resuming {output_dir.name} from {resume.name} (same settings and input models)", flush=True)
     if resume is not None and projection is not None:
         load_projection_into(projection, resume)
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    write_log_history(trainer, output_dir / "log_history.json")
     best = output_dir / "best"
-    save_trained(trainer.model, tokenizer, best, projection if cfg.beta_mse > 0 else None,
-                 {"best_checkpoint": trainer.state.best_model_checkpoint, "best_eval_loss": trainer.state.best_metric,
-                  "layer_map": cfg.layer_map, "global_step": trainer.state.global_step})
+    # FSDP and ZeRO-3 hold the weights in shards: every rank takes part in gathering them, rank 0 writes
+    sharded = trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled
+    state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped) if sharded else None
+    if distributed.is_main():
+        write_log_history(trainer, output_dir / "log_history.json")
+        save_trained(trainer.model, tokenizer, best, projection if cfg.beta_mse > 0 else None,
+                     {"best_checkpoint": trainer.state.best_model_checkpoint,
+                      "best_eval_loss": trainer.state.best_metric, "layer_map": cfg.layer_map,
+                      "global_step": trainer.state.global_step, "processes": distributed.world()[1]},
+                     state_dict=state_dict)
+    distributed.barrier()
     return TrainResult(trainer, trainer.state.log_history, best, resume)
 
 
@@ -211,10 +233,12 @@ def positions_per_answer_token(features) -> float:
     return positions / max(answers, 1)
 
 
-def save_trained(model, tokenizer, folder: Path, projection=None, info: dict | None = None) -> Path:
-    """The adapter (or full student), tokenizer, projection and a small info file, written atomically."""
+def save_trained(model, tokenizer, folder: Path, projection=None, info: dict | None = None,
+                 state_dict: dict | None = None) -> Path:
+    """The adapter (or full student), tokenizer, projection and a small info file, written atomically
+    (`state_dict`: the weights gathered from shards, when the model holds only its own)."""
     def build(tmp: Path) -> None:
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, **({"state_dict": state_dict} if state_dict else {}))
         tokenizer.save_pretrained(tmp)
         if projection is not None:
             projection.save(tmp)
