@@ -319,3 +319,23 @@ def test_a_cached_teacher_is_paid_once_per_example(smoke_run):
     cached, computed = map(int, re.search(r"(\d+) from the cache, (\d+) computed", line).groups())
     assert cached > 0, line  # the seed-0 run's examples that seed 1 meets again, and all of seed 0's
     assert "train-distilled" not in RUN.findall(more.stdout)  # the run's own student stays up to date
+
+
+def test_the_notebook_trains_on_two_launched_processes_through_the_pipeline(smoke_run):
+    """01_distill with num_processes 2: the DVC stage's kernel launches the ranks, streams their progress and draws
+    the page from rank 0's record (the equality with one process is tests/test_distributed.py's)."""
+    _, p = smoke_run
+    args = ["--set", "run_name=smoke_ddp", "--set", "num_processes=2", "--set", "batch_size=2"]
+    ran = run_in_project(p.project, "run", "params/smoke.yaml", *args, "--only", "train-distilled")
+    assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
+    said = ran.stdout + ran.stderr
+    assert "launching 2 processes: accelerate launch --config_file configs/accelerate/ddp_cpu.yaml" in said
+    assert re.search(r"\[smoke_ddp distilled\] step 4/4: eval loss", said)  # progress streamed, once per step
+    assert len(re.findall(r"\[smoke_ddp distilled\] step 4/4: eval loss", said)) == 1
+    nb = nbformat.read(p.project / "artifacts" / "smoke_ddp" / "executed" / "01_distill.ipynb", as_version=4)
+    printed = json.dumps([o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])])
+    assert "trained on 2 processes" in printed and "replicated over 2 processes" in printed
+    history = json.loads((p.project / "reports" / "smoke_ddp" / "log_history_distilled.json").read_text())
+    assert [e["step"] for e in history if "eval_loss" in e] == [2, 4]
+    page = (p.project / "reports" / "smoke_ddp" / "01_distill.html").read_text()
+    assert "per process on 2 processes (4 examples per step)" in page and "kept checkpoint" in page
