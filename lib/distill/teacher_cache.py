@@ -146,9 +146,7 @@ def _read_manifest(store: Path) -> dict[str, Any] | None:
 
 def _valid_shards(store: Path, manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Shards whose bytes still hash to their name (a truncated or corrupt one is dropped, its rows recomputed),
-    plus complete shards the manifest does not list yet (written by other processes, or before a kill)."""
-    from safetensors import safe_open
-
+    plus the complete shards the manifest does not list yet."""
     ok = {}
     for name, info in manifest.get("shards", {}).items():
         f = store / "shards" / name
@@ -157,17 +155,26 @@ def _valid_shards(store: Path, manifest: dict[str, Any]) -> dict[str, dict[str, 
         elif f.exists():
             print(f"teacher cache: shard {name} is corrupt or truncated; its examples are recomputed", flush=True)
             f.unlink()
+    return {**ok, **_new_shards(store, ok)}
+
+
+def _new_shards(store: Path, known: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Complete shards not in `known` (written by other processes, or before a kill); a file whose bytes do not
+    hash to its name was never finished and is removed."""
+    from safetensors import safe_open
+
+    found = {}
     for f in sorted((store / "shards").glob("*.safetensors")):
-        if f.name in ok:
+        if f.name in known:
             continue
         sha = sha256_file(f)
         if f.name != f"{sha[:20]}.safetensors":
-            f.unlink()  # not a shard this code wrote whole
+            f.unlink()
             continue
         with safe_open(str(f), "pt") as fh:
             rows = sum(where[1] for where in json.loads(fh.metadata()["index"]).values())
-        ok[f.name] = {"sha256": sha, "bytes": f.stat().st_size, "positions": rows}
-    return ok
+        found[f.name] = {"sha256": sha, "bytes": f.stat().st_size, "positions": rows}
+    return found
 
 
 def _prepare(store: Path, config: dict[str, Any], log) -> None:
@@ -272,7 +279,8 @@ def fill(store: Path, config: dict[str, Any], views: dict[str, list[dict[str, An
     if rank != 0:
         distributed.barrier()
         return None
-    manifest = {"config": config, "shards": dict(sorted(_valid_shards(store, {"shards": before}).items()))}
+    # `before` was checked by _prepare: only the shards the ranks just wrote are hashed
+    manifest = {"config": config, "shards": dict(sorted({**before, **_new_shards(store, before)}.items()))}
     shards = manifest["shards"]
     located = _located(store, shards)
     for view_name, feats in views.items():
@@ -286,8 +294,9 @@ def fill(store: Path, config: dict[str, Any], views: dict[str, list[dict[str, An
             paths.write_text_atomic(target, text)
     paths.write_text_atomic(store / "manifest.json", json.dumps(manifest, indent=1, sort_keys=True))
     distributed.barrier()
-    cached_positions = sum(located[k][2] for k in wanted if k not in dict(missing))
-    computed_positions = sum(located[k][2] for k, _ in missing)
+    computed = {k for k, _ in missing}
+    cached_positions = sum(located[k][2] for k in wanted if k not in computed)
+    computed_positions = sum(located[k][2] for k in computed)
     total_bytes = sum(s["bytes"] for s in shards.values())
     total_positions = sum(s["positions"] for s in shards.values())
     return FillReport(len(wanted), cached_positions + computed_positions, cached_positions, computed_positions,

@@ -115,11 +115,6 @@ def train(p: StudyParams, student, tokenizer, train_features, eval_features, out
     cfg.positions_per_answer_token = positions_per_answer_token(train_features)
     args = training_args(p, output_dir, max_steps, learning_rate or p.learning_rate,
                          evaluate=bool(eval_features))
-    params = [q for q in student.parameters() if q.requires_grad]
-    if projection is not None and cfg.beta_mse > 0:
-        params += list(projection.parameters())
-    optimizer = {"optimizers": (torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=args.weight_decay),
-                                None)}
     if distributed.fsdp_launched():
         # FSDP replaces the student's parameters when it shards them: the Trainer makes the optimizer after that
         if projection is not None and cfg.beta_mse > 0:
@@ -127,6 +122,12 @@ def train(p: StudyParams, student, tokenizer, train_features, eval_features, out
                              "configs/accelerate/ddp_gpu.yaml, or set beta_mse: 0")
         optimizer = {"optimizer_cls_and_kwargs": (torch.optim.AdamW, {"lr": args.learning_rate,
                                                                       "weight_decay": args.weight_decay})}
+    else:
+        params = [q for q in student.parameters() if q.requires_grad]
+        if projection is not None and cfg.beta_mse > 0:
+            params += list(projection.parameters())
+        optimizer = {"optimizers": (torch.optim.AdamW(params, lr=args.learning_rate,
+                                                      weight_decay=args.weight_decay), None)}
     meter = ComponentMeter()
     collator = TrainCollator(tokenizer.pad_token_id)
     if teacher_targets is not None and cfg.gamma_kl > 0:
