@@ -39,7 +39,7 @@ browser: ## Debian's chromium for the report tests (headless; installed when mis
 	  else echo "note: no chromium; the report tests need it: sudo apt-get install -y chromium"; fi; }
 
 test: setup browser ## run the whole test suite (unit tests, an end-to-end smoke study, its reports in Chromium)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 test-fast: setup ## the unit tests only (skips the end-to-end runs)
 	$(PY) -m pytest -q -m "not slow"
@@ -53,7 +53,7 @@ sweep: setup ## after `make study`: train and score the students over SEEDS; rep
 capacity: setup ## the capacity curve: students of 4 sizes x CE-only/distilled x 3 seeds on 300 questions (about 90 min); reports/capacity_cpu/04_capacity.html
 	$(PY) -m distill run params/$(CAPACITY_PROFILE).yaml --only capacity-report
 
-smoke: setup ## the whole study on tiny models in about two minutes: reports/smoke/
+smoke: setup ## the whole study on tiny models (3 to 5 minutes): reports/smoke/
 	$(PY) -m distill run params/smoke.yaml
 
 status: setup ## what is out of date in PROFILE's pipeline, and why (dvc status)

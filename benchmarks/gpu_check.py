@@ -19,6 +19,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from distill.core import params
+from distill.kd import losses
+from distill.kd.trainer import DistillationTrainer
+from distill.parts import data, models, teacher_cache
+from distill.parts.tiny import ensure_tiny_model
+from distill.study import training
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -28,9 +35,6 @@ def main() -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
     import torch
 
-    from distill import data, losses, models, params, teacher_cache, training
-    from distill.tiny import ensure_tiny_model
-    from distill.trainer import DistillationTrainer
 
     if not torch.cuda.is_available():
         raise SystemExit("error: no CUDA device; this check is for a GPU machine")

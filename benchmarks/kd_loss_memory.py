@@ -11,13 +11,14 @@ import subprocess
 import sys
 import time
 
+from distill.kd.losses import kd_divergence
+
 VOCAB, SEQ = 256_000, 256
 
 
 def one(chunk: int) -> dict:
     import torch
 
-    from distill.losses import kd_divergence
 
     torch.set_num_threads(2)
     g = torch.Generator().manual_seed(0)

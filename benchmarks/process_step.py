@@ -1,6 +1,6 @@
 """One distillation step on N processes x T threads against 1 process x N*T threads, same global batch.
 
-Both arms train the profile's distilled student through the study's own path (`student_training.train_student`:
+Both arms train the profile's distilled student through the study's own path (`training.train_student`:
 in this process for 1, `accelerate launch` DDP over gloo for N), from the profile's run (its pruned student and
 teacher cache: run `make study` first), side by side in one run:
   one_process     1 process  x N*T threads, batch_size b, accumulation a
@@ -19,17 +19,18 @@ import sys
 import time
 from pathlib import Path
 
+from distill.core import params, paths
+from distill.study import training
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
 
 def arm(p, processes: int, threads: int, steps: int, folder: Path) -> dict:
-    from distill import student_training
-
     arm_p = p.replace(num_processes=processes, torch_threads=threads, batch_size=p.batch_size // processes,
                       output_dir=str(folder), base_run_dir=str(p.run_dir), max_steps=steps, eval_steps=steps,
                       logging_steps=1, recovery_steps=0, resume=False, variant="distilled")
     start = time.perf_counter()
-    outcome = student_training.train_student(arm_p)
+    outcome = training.train_student(arm_p)
     wall = time.perf_counter() - start
     times = [e["step_seconds"] for e in outcome.history if "step_seconds" in e][1:]
     losses = [round(e["loss"], 4) for e in outcome.history if "loss" in e]
@@ -45,7 +46,6 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1, help="threads per process in the multi-process arm")
     parser.add_argument("--steps", type=int, default=6, help="optimizer steps per arm (the first is warm-up)")
     args = parser.parse_args()
-    from distill import params, paths
 
     p = params.load(args.params)
     if p.batch_size % args.processes:

@@ -21,10 +21,13 @@ import statistics
 import sys
 from pathlib import Path
 
+from distill.core import params
+from distill.parts import metrics
+from distill.report import stats
+from distill.study import layout, steps, sweep
+
 
 def per_question_f1(score_file: Path, references: dict[str, list[str]]) -> dict[str, float]:
-    from distill import metrics
-
     scores = json.loads(score_file.read_text())
     refs = [references[q] for q in scores["question_ids"]]
     rows = metrics.per_example_scores(scores["predictions"], refs)
@@ -41,12 +44,11 @@ def main() -> int:
     parser.add_argument("--effect", type=float, default=3.0, help="F1 points the interval must resolve")
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
-    from distill import params, stats, study, sweep
 
     p = params.load(args.params)
-    folder = Path(args.sweeps) if args.sweeps else study.base_run_dir(p) / "sweeps"
+    folder = Path(args.sweeps) if args.sweeps else layout.base_run_dir(p) / "sweeps"
     n_q = args.questions or sweep.load_registry(p).get("questions") or p.bench_size
-    references = {r["id"]: r["answers"]["text"] for r in study.bench_rows(p, n_q)}
+    references = {r["id"]: r["answers"]["text"] for r in steps.bench_rows(p, n_q)}
     arms = {}
     for arm in (args.a, args.b):
         name, _, variant = arm.partition("/")

@@ -15,6 +15,11 @@ import json
 import statistics
 import sys
 
+from distill.core import params, paths
+from distill.kd import losses
+from distill.parts import data, models, teacher_cache
+from distill.study import steps
+
 KS = (8, 16, 32, 64, 128)
 
 
@@ -26,15 +31,14 @@ def main() -> int:
 
     import torch
 
-    from distill import data, losses, models, params, paths, study, teacher_cache
 
     p = params.load(args.params)
     models.setup_torch(p.seed, p.torch_threads)
     device = models.resolve_device(p.device)
-    teacher, tok = study.load_teacher(p, device)
-    student, _ = study.load_student(p, device)
+    teacher, tok = steps.load_teacher(p, device)
+    student, _ = steps.load_student(p, device)
     vocab = len(tok)
-    feats = data.encode_examples(study.load_data(p).train_rows[: args.examples], tok, p.max_length, p.seed).features
+    feats = data.encode_examples(steps.load_data(p).train_rows[: args.examples], tok, p.max_length, p.seed).features
     batch = data.TrainCollator(tok.pad_token_id)(feats)
     with torch.no_grad():
         t_logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1, :vocab]

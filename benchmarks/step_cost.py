@@ -26,25 +26,29 @@ import sys
 import time
 from pathlib import Path
 
+from distill.core import params, paths
+from distill.kd import losses
+from distill.kd.trainer import DistillationTrainer
+from distill.parts import data, models, teacher_cache
+from distill.study import steps, training
+
 KINDS = ("ce_step", "teacher_forward", "kd_live_step", "kd_cached_step", "kd_cached_live_hidden_step")
 
 
-def measure(profile: str, kind: str, steps: int, k: int) -> dict:
+def measure(profile: str, kind: str, n_steps: int, k: int) -> dict:
     import torch
 
-    from distill import data, losses, models, params, study, teacher_cache, training
-    from distill.trainer import DistillationTrainer
 
     p = params.load(profile)
     models.setup_torch(p.seed, p.torch_threads)
     device = models.resolve_device(p.device)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    teacher, tok = study.load_teacher(p, device)
-    student, _ = study.load_student(p, device)
+    teacher, tok = steps.load_teacher(p, device)
+    student, _ = steps.load_student(p, device)
     n_student, n_teacher = len(models.decoder_layers(student)), len(models.decoder_layers(teacher))
     pruned_from = getattr(student.config, "pruned_from_layers", None)
     vocab = models.check_vocab_compatible(tok, tok, teacher, student)
-    rows = study.load_data(p).train_rows[: p.batch_size]
+    rows = steps.load_data(p).train_rows[: p.batch_size]
     feats = data.encode_examples(rows, tok, p.max_length, p.seed).features
     batch = {k_: v.to(device) for k_, v in data.TrainCollator(tok.pad_token_id)(feats).items()}
     tokens = int(batch["attention_mask"].sum())
@@ -105,7 +109,7 @@ def measure(profile: str, kind: str, steps: int, k: int) -> dict:
 
     one_step()  # warm-up
     times = []
-    for _ in range(steps):
+    for _ in range(n_steps):
         start = time.perf_counter()
         one_step()
         times.append(time.perf_counter() - start)
@@ -126,7 +130,6 @@ def main() -> int:
     args = parser.parse_args()
     if args.k is None:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
-        from distill import params
 
         args.k = params.load(args.params).teacher_cache_k
     if args.one:
@@ -155,7 +158,6 @@ def main() -> int:
     print(f"kd_live / ce                      = {summary['live_vs_ce']:.2f}x")
     print(f"cache bytes per token (k = {args.k}): {summary['cache_bytes_per_token']}")
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
-    from distill import params, paths
 
     report = params.load(args.params).report_dir / "step_cost.json"
     paths.write_text_atomic(report, json.dumps(summary, indent=1))

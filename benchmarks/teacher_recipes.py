@@ -20,6 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from distill.core import params, paths
+from distill.parts import benchmark, models, sources
+from distill.study import steps, training
+
 ZERO_SHOT = "zero-shot"
 
 
@@ -31,14 +35,12 @@ def parse_recipe(text: str) -> tuple[str, dict[str, str]]:
 
 
 def measure(profile: str, recipe: str, questions: int, work: str) -> dict:
-    from distill import benchmark, models, params, sources, study
-
     name, overrides = parse_recipe(recipe)
     p = params.load(profile, [f"{k}={v}" for k, v in overrides.items()])
     p = p.replace(run_name=f"_recipe_{name}", output_dir=work, bench_size=questions, teacher_finetune=True)
     models.setup_torch(p.seed, p.torch_threads)
     device = models.resolve_device(p.device)
-    sets = study.load_data(p)
+    sets = steps.load_data(p)
     tuning_s = 0.0
     if name == ZERO_SHOT:
         source = sources.resolve_source(p.teacher, p.squad_dir)
@@ -46,9 +48,9 @@ def measure(profile: str, recipe: str, questions: int, work: str) -> dict:
         tokenizer = models.load_tokenizer(source)
     else:
         start = time.perf_counter()
-        study.finetune_teacher(p, sets.teacher_rows, device)
+        training.finetune_teacher(p, sets.teacher_rows, device)
         tuning_s = time.perf_counter() - start
-        model, tokenizer = study.load_teacher(p, device, quantize=False)
+        model, tokenizer = steps.load_teacher(p, device, quantize=False)
     scores = benchmark.evaluate(model, tokenizer, sets.bench_rows, max_length=p.max_length,
                                 max_new_tokens=p.max_new_tokens, batch_size=p.bench_batch_size, seed=p.seed,
                                 device=device)
@@ -72,7 +74,6 @@ def main() -> int:
         print(json.dumps(measure(args.params, args.one, args.questions, args.work)))
         return 0
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
-    from distill import params, paths
 
     p = params.load(args.params)
     for recipe in args.recipes:  # every recipe is checked before the first one runs

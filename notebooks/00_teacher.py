@@ -30,13 +30,16 @@ bench_batch_size: int = 4  # prompts per generation batch
 import pandas as pd
 from IPython.display import display
 
-from distill import benchmark, data, models, params, plots, pruning, sources, study, summaries
+from distill.core import params, paths
+from distill.parts import benchmark, data, models, pruning, sources
+from distill.report import plots, summaries
+from distill.study import steps, training
 
 p = params.from_notebook(globals())
 models.setup_torch(p.seed, p.torch_threads)
 device = models.resolve_device(p.device)
 report = p.report_dir
-sets = study.load_data(p)
+sets = steps.load_data(p)
 print(f"run {p.run_name}: teacher {p.teacher}, student {p.student}, device {device}")
 print(f"SQuAD: {len(sets.train_rows)} train, {len(sets.eval_rows)} eval, {len(sets.teacher_rows)} teacher fine-tune, "
       f"{len(sets.recovery_rows)} recovery contexts; {len(sets.bench_rows)} validation questions scored")
@@ -71,12 +74,12 @@ display(pd.DataFrame({"question": [r["question"] for r in sets.bench_rows[:5]],
 # %%
 if p.teacher_finetune:
     del base_teacher
-    tuning = study.finetune_teacher(p, sets.teacher_rows, device)
-    tuned_teacher, _ = study.load_teacher(p, device, quantize=False)
+    tuning = training.finetune_teacher(p, sets.teacher_rows, device)
+    tuned_teacher, _ = steps.load_teacher(p, device, quantize=False)
     scores["fine-tuned"] = benchmark.evaluate(tuned_teacher, teacher_tok, sets.bench_rows, **eval_kwargs,
                                               progress="tuned teacher")
-    steps = [e for e in tuning["log_history"] if "loss" in e]
-    fig = plots.line([e["step"] for e in steps], [e["loss"] for e in steps], "step", "answer CE (nats)",
+    logged = [e for e in tuning["log_history"] if "loss" in e]
+    fig = plots.line([e["step"] for e in logged], [e["loss"] for e in logged], "step", "answer CE (nats)",
                      f"{p.run_name}: teacher fine-tune, {tuning['examples']} examples")
     plots.save(fig, report, "teacher_finetune_loss")
 else:
@@ -96,10 +99,10 @@ display(pd.DataFrame({k: {m: v[m] for m in ("exact_match", "f1", "answer_loss", 
 
 # %%
 if p.student == "prune":
-    calib = study.calibration_batches(sets.train_rows, teacher_tok, p, n_batches=2)
+    calib = steps.calibration_batches(sets.train_rows, teacher_tok, p, n_batches=2)
     importance = pruning.layer_importance(tuned_teacher, calib)
     n_layers = len(importance)
-    kept = study.pruned_layers(p, n_layers, importance)
+    kept = steps.pruned_layers(p, n_layers, importance)
     eval_feats = data.encode_examples(sets.eval_rows, teacher_tok, p.max_length, p.seed).features
     candidates = sorted({k for k in (len(kept) - 4, len(kept) - 2, len(kept), len(kept) + 2, len(kept) + 4)
                          if 1 <= k < n_layers})
@@ -113,7 +116,7 @@ if p.student == "prune":
         del candidate
     display(pd.DataFrame(comparison).round(3))
     student_model = pruning.prune_layers(tuned_teacher, kept)
-    study.save_student_init(p, student_model, teacher_tok, {"kept_layers": kept, "importance": importance,
+    steps.save_student_init(p, student_model, teacher_tok, {"kept_layers": kept, "importance": importance,
                                                             "method": p.prune_method, "comparison": comparison})
     plots.save(plots.layer_importance(importance, kept, f"{p.run_name}: layer importance, {len(kept)} of {n_layers} kept"),
                report, "layer_importance")
@@ -129,7 +132,7 @@ else:
     print(f"student {p.student} is given, not pruned")
 
 # %%
-study.write_json(report / "teacher.json", {k: {m: v[m] for m in ("exact_match", "f1", "answer_loss", "top1_accuracy",
+paths.write_json(report / "teacher.json", {k: {m: v[m] for m in ("exact_match", "f1", "answer_loss", "top1_accuracy",
                                                                    "n_examples")} for k, v in scores.items()})
 
 # %% tags=["summary"]

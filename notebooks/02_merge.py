@@ -25,18 +25,21 @@ qualitative_examples: int = 3  # validation examples shown side by side
 import pandas as pd
 from IPython.display import display
 
-from distill import benchmark, merge, models, params, paths, plots, study, summaries
+from distill.core import params, paths
+from distill.parts import benchmark, models
+from distill.report import plots, summaries
+from distill.study import layout, merge, steps
 
 p = params.from_notebook(globals())
 models.setup_torch(p.seed, p.torch_threads)
 device = models.resolve_device(p.device)
-sets = study.load_data(p)
+sets = steps.load_data(p)
 
 # %% [markdown]
 # ## Merge and verify
 
 # %%
-merges = [merge.merge_variant(p, v, device, sets.eval_rows[:4]) for v in study.VARIANTS]
+merges = [merge.merge_variant(p, v, device, sets.eval_rows[:4]) for v in layout.VARIANTS]
 display(pd.DataFrame(merges))
 plots.save(plots.merge_check(merges, f"{p.run_name}: merged vs adapter logits"), p.report_dir, "merge_logit_check",
            show=False)  # the summary shows it first
@@ -49,10 +52,10 @@ plots.save(plots.merge_check(merges, f"{p.run_name}: merged vs adapter logits"),
 rows = sets.bench_rows[: p.qualitative_examples]
 answers = {}
 if rows:
-    sources = {"teacher": (study.teacher_source(p), p.teacher_load_in_4bit),
-               "student before training": (study.student_source(p), False),
-               "CE-only student": (str(study.merged_dir(p, "ce_baseline")), False),
-               "distilled student": (str(study.merged_dir(p, "distilled")), False)}
+    sources = {"teacher": (steps.teacher_source(p), p.teacher_load_in_4bit),
+               "student before training": (steps.student_source(p), False),
+               "CE-only student": (str(layout.merged_dir(p, "ce_baseline")), False),
+               "distilled student": (str(layout.merged_dir(p, "distilled")), False)}
     for name, (source, four_bit) in sources.items():
         model = models.load_model(source, dtype=p.model_dtype, load_in_4bit=four_bit,
                                   bnb_compute_dtype=p.bnb_compute_dtype, device=device)
@@ -69,8 +72,8 @@ if rows:
     side_by_side.to_csv(p.report_dir / "answers_side_by_side.csv", index=False)
 
 # %%
-study.write_json(p.report_dir / "merge.json", merges)
+paths.write_json(p.report_dir / "merge.json", merges)
 
 # %% tags=["summary"]
-summaries.show(summaries.merge(merges, paths.shown(study.merged_dir(p, "distilled"))),
+summaries.show(summaries.merge(merges, paths.shown(layout.merged_dir(p, "distilled"))),
                p.report_dir / "merge_logit_check.png")

@@ -12,12 +12,14 @@ bench_batch_size: int = 4  # prompts per generation batch
 import pandas as pd
 from IPython.display import HTML, Image, display
 
-from distill import params, pipeline, plots, results, summaries, sweep
+from distill.core import params
+from distill.report import plots, results, summaries, sweeps
+from distill.study import layout
 
 p = params.from_notebook(globals())
 names = {"teacher": results.TEACHER, "student_before": results.BEFORE, "ce_baseline": results.BASELINE,
          "distilled": results.DISTILLED}
-measured = {label: pipeline.measurements(p, model) for model, label in names.items()}
+measured = {label: layout.measurements(p, model) for model, label in names.items()}
 table = results.table(measured)
 meta = {"run_name": p.run_name, "n_examples": measured[results.TEACHER]["n_examples"],
         "max_new_tokens": p.max_new_tokens, "batch_size": p.bench_batch_size,
@@ -28,7 +30,7 @@ meta = {"run_name": p.run_name, "n_examples": measured[results.TEACHER]["n_examp
         "runtime_rss_mb": {n: r["runtime_rss_mb"] for n, r in measured.items()},
         "question_ids": measured[results.TEACHER]["question_ids"]}
 results.write(table, measured, meta, p.report_dir)
-sweep_pair, sweep_missing = sweep.paired_gain(p)
+sweep_pair, sweep_missing = sweeps.paired_gain(p)
 
 # %% [markdown]
 # ## How it was measured
@@ -55,7 +57,7 @@ for col, label, _ in results.METRICS:
 # them on the same questions; its paired differences are shown here when they were made from this run's models.
 
 # %%
-paired_chart = sweep.sweeps_dir(p) / "paired_differences.png"
+paired_chart = sweeps.sweeps_dir(p) / "paired_differences.png"
 if sweep_pair is not None and paired_chart.exists():
     display(Image(filename=str(paired_chart)))
 else:

@@ -12,7 +12,8 @@ latency_prompts: int = 24  # questions answered one at a time for the batch-1 la
 # %%
 from IPython.display import HTML, display
 
-from distill import capacity_report, params, plots, summaries
+from distill.core import params
+from distill.report import capacity_report, plots, summaries
 
 p = params.from_notebook(globals())
 scores = capacity_report.load_scores(p)

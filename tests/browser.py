@@ -69,7 +69,6 @@ _COLLECT_JS = r"""((W, H) => {
 
 class _Pipe:
     """A minimal CDP client on chromium's debugging pipe; every read honours one deadline."""
-
     def __init__(self, rfd: int, wfd: int, deadline: float, log: Path, url: str):
         self.rfd, self.wfd, self.deadline, self.log, self.url = rfd, wfd, deadline, log, url
         self.buf, self.events, self.next_id = b"", [], 0

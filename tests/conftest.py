@@ -76,7 +76,7 @@ def real_squad_dir() -> Path:
 @pytest.fixture(scope="session")
 def tiny_paths():
     """Cached tiny teacher and student folders (built once per session from the synthetic data)."""
-    from distill.tiny import ensure_tiny_model
+    from distill.parts.tiny import ensure_tiny_model  # after the environment above: distill reads it at import
 
     return ensure_tiny_model("teacher"), ensure_tiny_model("student")
 

@@ -9,10 +9,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import SQUAD_DIR, synthetic_row
-from distill import paths
+
 from distill.__main__ import main
+from distill.core import params, paths
+from distill.parts.tiny import build_model, build_tokenizer
 
 
 def first_error_line(capsys) -> str:
@@ -154,8 +155,6 @@ def test_data_too_small_for_the_subsets_says_which_key_to_change(capsys):
 @pytest.fixture(scope="module")
 def other_vocab_student(tmp_path_factory) -> Path:
     """A tiny student with its own tokenizer (another vocabulary than the tiny teacher's)."""
-    from distill.tiny import build_model, build_tokenizer
-
     rng = __import__("random").Random(0)
     texts = [synthetic_row(rng, i, "train")["context"] for i in range(40)]
     tok = build_tokenizer(texts, vocab_size=300)
@@ -236,7 +235,7 @@ def test_deploy_dir_that_is_ours_or_empty_is_accepted(tmp_path):
 
 
 def test_read_only_reports_folder(monkeypatch, capsys):
-    import distill.preflight as preflight
+    import distill.pipeline.preflight as preflight
 
     def refuse(*a, **k):
         raise OSError(errno.EROFS, "Read-only file system")
@@ -247,7 +246,7 @@ def test_read_only_reports_folder(monkeypatch, capsys):
 
 
 def test_full_disk_before_the_run(monkeypatch, capsys):
-    import distill.preflight as preflight
+    import distill.pipeline.preflight as preflight
 
     monkeypatch.setattr(preflight.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10 * 2**30, 10 * 2**30, 2**20))
     assert main(["validate", "smoke"]) == 2
@@ -256,12 +255,12 @@ def test_full_disk_before_the_run(monkeypatch, capsys):
 
 
 def test_full_disk_during_the_run_is_one_line_naming_the_file(monkeypatch, capsys):
-    import distill.runner as runner
+    import distill.pipeline.runner as runner
 
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device", "/data/artifacts/smoke/students/x.safetensors")
     monkeypatch.setattr(runner, "run_study", full)
-    monkeypatch.setattr("distill.pipeline.die_with_parent", lambda **k: None)
+    monkeypatch.setattr("distill.core.procs.die_with_parent", lambda **k: None)
     assert main(["run", "smoke"]) == 1
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
     assert len(errors) == 1
@@ -283,7 +282,6 @@ def test_a_bare_profile_name_still_finds_params(capsys):
 
 def test_yaml_anchors_and_merge_keys_still_load(tmp_path, capsys):
     path = write(tmp_path, "anchored.yaml", "common: &c\n  seed: 3\n")
-    from distill import params
 
     assert params._read_yaml("base: &b {seed: 1}\nrun:\n  <<: *b\n  lr: 2\n", "x")["run"] == {"seed": 1, "lr": 2}
     assert main(["validate", path]) == 2  # `common` is no params key: the anchor file itself is refused, by key

@@ -5,7 +5,9 @@ import pandas as pd
 import pytest
 import torch
 
-from distill import benchmark, data, models, paths, results
+from distill.core import paths
+from distill.parts import benchmark, data, models, official
+from distill.report import results
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +110,6 @@ def test_committed_predictions_rescore_to_results_json_with_the_official_metric(
     re-scores every model's predictions_<model>.json to the EM/F1 in results.json."""
     from squad_official_metric import evaluate
 
-    from distill import official
 
     report = paths.PROJECT_ROOT / "reports" / "smollm2-135m_to_pruned24_cpu"
     data = json.loads((report / "results.json").read_text())

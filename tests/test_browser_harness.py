@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import socket
 
-import pytest
-
 import browser
+import pytest
 from browser import inspect_page
 
 PNG = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9Q"

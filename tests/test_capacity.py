@@ -5,9 +5,13 @@ import re
 
 import numpy as np
 import pytest
-
 from conftest import make_project_copy, run_in_project
-from distill import benchmark, capacity, capacity_report, params, pipeline, stats, study
+
+from distill.core import params, paths
+from distill.parts import benchmark, data, models
+from distill.pipeline import dvc
+from distill.report import capacity_report, stats
+from distill.study import cache, capacity, layout, steps, sweep
 
 SMOKE_GRID = ["--set", "student=prune", "--set", "prune_keep=3", "--set", "capacity_keep=[3,2]",
               "--set", "capacity_seeds=[0,1]", "--set", "capacity_questions=8", "--set", "latency_prompts=2",
@@ -49,12 +53,10 @@ def test_the_cpu_profile_is_a_grid_of_four_sizes_three_seeds_and_300_questions()
 # stages
 # --------------------------------------------------------------------------------------------
 def test_every_cell_trains_from_its_own_student_and_is_scored_on_the_grids_questions(monkeypatch):
-    from distill import paths, sweep
-
     monkeypatch.setattr(paths, "REPORTS_DIR", paths.PROJECT_ROOT / "reports")  # the pipeline tracks only the project
     monkeypatch.setattr(sweep, "load_registry", lambda base: {"questions": 0, "sweeps": {}})
     p = grid_params()
-    s = {x.name: x for x in pipeline.stages(p)}
+    s = {x.name: x for x in dvc.stages(p)}
     students = {k: f"artifacts/smoke_grid/capacity/students/keep{k}" for k in (3, 2)}
     assert s["capacity-students"].outs == list(students.values())
     for keep in (3, 2):
@@ -69,22 +71,22 @@ def test_every_cell_trains_from_its_own_student_and_is_scored_on_the_grids_quest
                 assert s[name].persist[0] in score.deps and "capacity_questions" in score.params
                 assert score.outs[0] in s["capacity-report"].deps
     assert "artifacts/smoke_grid/capacity/teacher/scores_8q.json" in s["capacity-report"].deps
-    users = pipeline.cache_users(p)
+    users = cache.cache_users(p)
     assert sorted(u.run_name for u in users if u.run_name.startswith("_")) == \
         sorted(f"_smoke_grid_keep{k}_seed{s}" for k in (3, 2) for s in (0, 1))
     assert {"capacity_keep", "capacity_seeds"} <= set(s["teacher-cache"].params)
-    assert "capacity-report" not in {x.name for x in pipeline.stages(grid_params(capacity_keep=[]))}
+    assert "capacity-report" not in {x.name for x in dvc.stages(grid_params(capacity_keep=[]))}
 
 
 def test_every_size_sees_the_same_examples_per_seed():
     p = grid_params()
-    rows = {(k, s): study.load_data(capacity.seed_params(p, k, s)).train_rows for k in (3, 2) for s in (0, 1)}
+    rows = {(k, s): steps.load_data(capacity.seed_params(p, k, s)).train_rows for k in (3, 2) for s in (0, 1)}
     ids = {key: [r["id"] for r in v] for key, v in rows.items()}
     assert ids[(3, 0)] == ids[(2, 0)] and ids[(3, 1)] == ids[(2, 1)]
     assert ids[(3, 0)] != ids[(3, 1)]
     cell = capacity.seed_params(p, 2, 1)
     assert cell.seed == 1 and cell.student == "artifacts/smoke_grid/capacity/students/keep2"
-    assert study.tuned_teacher_dir(cell) == study.tuned_teacher_dir(p)  # one teacher for the whole grid
+    assert layout.tuned_teacher_dir(cell) == layout.tuned_teacher_dir(p)  # one teacher for the whole grid
 
 
 # --------------------------------------------------------------------------------------------
@@ -165,8 +167,6 @@ def test_a_run_without_a_grid_says_how_to_get_one():
 
 
 def test_batch1_latency_times_each_prompt_alone(tiny_paths, squad_dir):
-    from distill import data, models
-
     teacher_dir, _ = tiny_paths
     model = models.load_model(str(teacher_dir))
     tokenizer = models.load_tokenizer(str(teacher_dir))
@@ -227,8 +227,6 @@ def test_a_grid_runs_end_to_end_and_its_report_opens_with_the_answer(tmp_path):
 
 def test_readme_quotes_the_committed_capacity_answer():
     """The README's capacity answer is the committed report's headline, so the two cannot drift apart."""
-    from distill import paths
-
     committed = json.loads((paths.PROJECT_ROOT / "reports" / "capacity_cpu" / "capacity.json").read_text())
     readme = " ".join((paths.PROJECT_ROOT / "README.md").read_text().split())
     for line in committed["headline"]:

@@ -4,7 +4,9 @@ import random
 
 import pytest
 
-from distill import data, models, paths
+from distill.core import params, paths
+from distill.parts import data, models
+from distill.study import steps
 
 
 @pytest.fixture(scope="module")
@@ -150,12 +152,10 @@ def test_chat_prompt_has_no_default_system_persona(tiny_paths):
 
 
 def test_the_teachers_examples_do_not_move_with_the_students_train_size(squad_dir):
-    from distill import params, study
-
     small = params.from_mapping({"run_name": "t", "squad_dir": str(squad_dir), "data_pool_rows": 400, "train_size": 16,
                                  "teacher_finetune": True, "teacher_finetune_train_size": 24})
     big = small.replace(train_size=64)
-    a, b = study.load_data(small), study.load_data(big)
+    a, b = steps.load_data(small), steps.load_data(big)
     assert [r["id"] for r in a.teacher_rows] == [r["id"] for r in b.teacher_rows]
     assert [r["id"] for r in b.train_rows[:16]] == [r["id"] for r in a.train_rows]  # a larger set extends the smaller
     ids = [r["id"] for r in b.train_rows + b.eval_rows + b.teacher_rows]

@@ -8,9 +8,9 @@ import random
 from pathlib import Path
 
 import pytest
-
 from conftest import synthetic_row
-from distill import data
+
+from distill.parts import data
 
 
 def _rows(split: str, n: int) -> list[dict]:

@@ -14,7 +14,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from distill import distributed, params, student_training
+from distill.core import params
+from distill.kd import group
+from distill.parts import teacher_cache
+from distill.study import cache, launch, layout, training
 
 # float32 sums in another order (gloo's all-reduce, half batches): 4 Adam steps at lr 1e-3 move weights by ~4e-3
 WEIGHT_TOL = 1e-5
@@ -49,7 +52,7 @@ def test_every_shipped_accelerate_config_is_read_by_accelerate():
     from accelerate.commands.config.config_args import load_config_from_file
     from accelerate.utils import DistributedType
 
-    found = {f.name: load_config_from_file(str(f)) for f in sorted(distributed.CONFIG_DIR.glob("*.yaml"))}
+    found = {f.name: load_config_from_file(str(f)) for f in sorted(launch.CONFIG_DIR.glob("*.yaml"))}
     assert {"ddp_cpu.yaml", "ddp_gpu.yaml", "gemma_fsdp_8gpu.yaml"} <= found.keys()
     assert found["gemma_fsdp_8gpu.yaml"].distributed_type == DistributedType.FSDP
     assert found["gemma_fsdp_8gpu.yaml"].num_processes == 8
@@ -60,40 +63,40 @@ def test_every_shipped_accelerate_config_is_read_by_accelerate():
     assert hasattr(modeling_gemma, layer)
     assert found["ddp_cpu.yaml"].distributed_type == DistributedType.MULTI_GPU  # accelerate's torchrun launcher
     for name in ("ddp_cpu.yaml", "ddp_gpu.yaml"):
-        assert distributed.check_config(distributed.CONFIG_DIR / name) is not None
+        assert launch.check_config(launch.CONFIG_DIR / name) is not None
 
 
 def test_the_readme_commands_name_files_that_exist():
     import re
 
-    readme = (distributed.CONFIG_DIR.parents[1] / "README.md").read_text()
+    readme = (launch.CONFIG_DIR.parents[1] / "README.md").read_text()
     named = set(re.findall(r"(configs/accelerate/[\w.-]+\.yaml|params/[\w.-]+\.yaml)", readme))
     assert any("gemma_fsdp_8gpu" in n for n in named) and any("ddp_gpu" in n for n in named)
-    missing = [n for n in named if not (distributed.CONFIG_DIR.parents[1] / n).exists()]
+    missing = [n for n in named if not (launch.CONFIG_DIR.parents[1] / n).exists()]
     assert not missing
 
 
 def test_the_launch_command_runs_our_module_on_the_configured_processes(tmp_path):
     p = smoke_params(tmp_path, num_processes=3, device="cpu")
-    cmd = distributed.launch_command(p, ["train-student", "x.json"])
+    cmd = launch.launch_command(p, ["train-student", "x.json"])
     assert cmd[1:3] == ["-m", "accelerate.commands.launch"]
-    assert cmd[cmd.index("--config_file") + 1] == str(distributed.CONFIG_DIR / "ddp_cpu.yaml")
+    assert cmd[cmd.index("--config_file") + 1] == str(launch.CONFIG_DIR / "ddp_cpu.yaml")
     assert cmd[cmd.index("--num_processes") + 1] == "3"
     assert cmd[-4:] == ["-m", "distill", "train-student", "x.json"]
-    assert distributed.world() == (0, 1) and distributed.is_main()
+    assert group.world() == (0, 1) and group.is_main()
 
 
 def test_a_missing_accelerate_config_is_refused_before_any_process_starts(tmp_path):
     p = smoke_params(tmp_path, num_processes=2, accelerate_config="configs/accelerate/missing.yaml")
     with pytest.raises(FileNotFoundError, match="missing.yaml.*ddp_cpu.yaml"):
-        distributed.launch(p, ["train-student", "x.json"])
+        launch.launch(p, ["train-student", "x.json"])
 
 
 @pytest.mark.slow
 def test_two_processes_train_the_same_adapter_as_one(check_dir):
     # global batch = batch_size x num_processes x grad_accum_steps = 4 both ways
-    one = student_training.train_student(smoke_params(check_dir / "one_process", batch_size=2, grad_accum_steps=2))
-    two = student_training.train_student(smoke_params(check_dir / "two_processes", batch_size=2, num_processes=2))
+    one = training.train_student(smoke_params(check_dir / "one_process", batch_size=2, grad_accum_steps=2))
+    two = training.train_student(smoke_params(check_dir / "two_processes", batch_size=2, num_processes=2))
     assert (one.processes, two.processes) == (1, 2)
     assert one.teacher_loaded and two.teacher_loaded  # the live, replicated teacher path
     assert two.global_step == one.global_step == 4
@@ -117,16 +120,21 @@ def test_two_processes_train_the_same_adapter_as_one(check_dir):
 
 @pytest.mark.slow
 def test_a_failed_launch_says_what_the_ranks_said(check_dir):
+    # a model that cannot be had stops the launcher before any process starts (it resolves the models once)
     p = smoke_params(check_dir / "broken", num_processes=2, student="tiny:no-such-student")
-    with pytest.raises(distributed.LaunchFailed, match="no-such-student"):
-        student_training.train_student(p)
+    with pytest.raises(ValueError, match="no-such-student"):
+        training.train_student(p)
+    assert not (layout.variant_dir(p, p.variant) / training.LAUNCH_PARAMS_FILE).exists()
+    # what fails in the ranks comes back as their own line
+    p = smoke_params(check_dir / "broken", num_processes=2, data_pool_rows=20)
+    with pytest.raises(launch.LaunchFailed, match=r"rank \d: ValueError: asked for .* only 20 rows were read"):
+        training.train_student(p)
 
 
 @pytest.mark.slow
 def test_the_teacher_cache_on_two_processes_and_training_ranks_without_a_teacher(check_dir):
     import yaml
 
-    from distill import stage, study, teacher_cache
 
     cached = dict(teacher_cache="sampled", teacher_cache_k=4, beta_mse=0, batch_size=2)
     runs = {}
@@ -135,8 +143,8 @@ def test_the_teacher_cache_on_two_processes_and_training_ranks_without_a_teacher
         params_file = p.run_dir / "params.yaml"
         params_file.parent.mkdir(parents=True, exist_ok=True)
         params_file.write_text(yaml.safe_dump(p.to_dict()))
-        assert stage.teacher_cache_stage(p, params_file) == 0
-        runs[name] = (p, teacher_cache.CachedTargets(teacher_cache.view_file(study.base_run_dir(p), p)))
+        assert cache.fill_teacher_cache(p, params_file) == 0
+        runs[name] = (p, teacher_cache.CachedTargets(teacher_cache.view_file(layout.base_run_dir(p), p)))
     (p1, one), (p2, two) = runs["cache_one"], runs["cache_two"]
     assert one.entries.keys() == two.entries.keys() and one.entries
     assert len(two.files) == 2 and len(one.files) == 1  # each rank wrote its own shard
@@ -145,8 +153,8 @@ def test_the_teacher_cache_on_two_processes_and_training_ranks_without_a_teacher
         for name in ("ids", "logprobs", "counts"):
             assert torch.equal(a[name], b[name]), (key, name)
     # training from the cache: no process loads the teacher, and 2 processes still equal 1
-    solo = student_training.train_student(p1.replace(num_processes=1, grad_accum_steps=2))
-    pair = student_training.train_student(p2)
+    solo = training.train_student(p1.replace(num_processes=1, grad_accum_steps=2))
+    pair = training.train_student(p2)
     assert not solo.teacher_loaded and not pair.teacher_loaded
     assert "teacher cache" in pair.teacher_targets
     a, b = adapter(solo), adapter(pair)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from distill import losses
+from distill.kd import losses
 
 KINDS = ["forward_kl", "reverse_kl", "jsd"]
 

@@ -11,7 +11,7 @@ import string
 
 import pytest
 
-from distill import metrics
+from distill.parts import metrics
 
 
 # --- the official v1.1 script's logic, written out independently in its own style -------------

@@ -5,7 +5,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from distill import models, paths, pruning, sources
+from distill.core import paths
+from distill.parts import models, pruning, sources
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,8 @@ from pathlib import Path
 import jupytext
 import pytest
 
-from distill import params
+from distill.core import params
+from distill.pipeline.runner import load_notebook
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.py"))
 
@@ -53,8 +54,60 @@ def test_papermill_can_describe_the_notebooks():
 def _as_ipynb(path: Path) -> Path:
     import tempfile
 
-    from distill.runner import load_notebook
 
     out = Path(tempfile.mkdtemp()) / f"{path.stem}.ipynb"
     jupytext.write(load_notebook(path), out)
     return out
+
+
+def _step_calls(tree: ast.AST) -> list[str]:
+    """The study steps a piece of code calls (`training.fit(...)`, `steps.load_data(...)`, `fit(...)`), in order."""
+    from distill.study import training
+
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call)]
+    calls.sort(key=lambda n: (n.lineno, n.col_offset))
+    names = [c.func.attr if isinstance(c.func, ast.Attribute) else getattr(c.func, "id", "") for c in calls]
+    return [n for n in names if n in training.STEPS]
+
+
+def test_the_notebook_and_a_launched_rank_run_the_same_steps_in_the_same_order():
+    """01_distill's cells and `training.run` (what each accelerate rank runs) compose the same step functions."""
+    import inspect
+
+    from distill.study import training
+
+    notebook = jupytext.read(NOTEBOOKS[1])
+    cells = ast.parse("\n".join(c.source for c in notebook.cells if c.cell_type == "code"))
+    in_notebook = _step_calls(cells)
+    in_rank = _step_calls(ast.parse(inspect.getsource(training.run)))
+    assert in_rank == list(training.STEPS)
+    assert in_notebook == list(training.STEPS), "01_distill must call each step once, in the ranks' order"
+
+
+def test_no_notebook_calls_one_function_that_does_its_whole_work():
+    """A notebook walks steps: no call of a whole student's training (`train_student`, `run`) or a whole stage."""
+    whole = {"train_student", "run", "run_study", "run_notebook_stage", "main"}
+    for path in NOTEBOOKS:
+        names = {c.func.attr if isinstance(c.func, ast.Attribute) else getattr(c.func, "id", "")
+                 for c in ast.walk(ast.parse(path.read_text())) if isinstance(c, ast.Call)}
+        assert not names & whole, f"{path.name} calls {names & whole}"
+        assert "distill.pipeline" not in path.read_text(), f"{path.name}: notebooks never import the pipeline layer"
+
+
+def test_a_notebook_run_by_hand_gets_a_run_folder_of_its_own(monkeypatch):
+    """Under the pipeline (its runner sets DISTILL_STAGE) the run's own folders; by hand, a lab run that reads the
+    pipeline run's models and writes only to its own folders, named after its settings."""
+    from distill.study import layout
+
+    p = params.load("params/smoke.yaml")
+    monkeypatch.setenv(layout.STAGE_ENV, "01_distill")
+    assert layout.notebook_params(p) == p
+    monkeypatch.delenv(layout.STAGE_ENV)
+    lab = layout.notebook_params(p)
+    assert lab.run_name.startswith("_lab_smoke_") and layout.lab_of(lab) == "smoke"
+    assert lab.run_dir != p.run_dir and lab.report_dir != p.report_dir
+    assert layout.tuned_teacher_dir(lab) == layout.tuned_teacher_dir(p)  # the pipeline run's models, read only
+    assert layout.variant_dir(lab, "distilled") != layout.variant_dir(p, "distilled")
+    assert layout.notebook_params(p.replace(temperature=4.0)).run_name != lab.run_name
+    assert layout.notebook_params(p.replace(variant="ce_baseline", gamma_kl=0.0, beta_mse=0.0)).run_dir != lab.run_dir
+    assert layout.notebook_params(p).run_name == lab.run_name  # the same settings again: the same lab run (resumes)

@@ -3,10 +3,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import run_cli
-from distill import params
-from distill.params import ParamsError
+
+from distill.core import params
+from distill.core.params import ParamsError
 
 ROOT = Path(__file__).resolve().parents[1]
 

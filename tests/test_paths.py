@@ -4,7 +4,7 @@ import subprocess
 
 import pytest
 
-from distill import paths
+from distill.core import paths
 
 
 def test_only_temp_folders_of_dead_builders_on_this_host_are_removed(tmp_path):

@@ -9,7 +9,9 @@ import jupytext
 import pytest
 import yaml
 
-from distill import params, paths, pipeline
+from distill.core import params, paths, procs
+from distill.pipeline import dvc
+from distill.study import sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILES = sorted((ROOT / "params").glob("*.yaml"))
@@ -22,14 +24,12 @@ def _in_project(p):
 
 @pytest.fixture
 def reports_inside(monkeypatch):
-    from distill import sweep
-
     monkeypatch.setattr(paths, "REPORTS_DIR", paths.PROJECT_ROOT / "reports")
     monkeypatch.setattr(sweep, "load_registry", lambda base: {"questions": 0, "sweeps": {}})  # no local sweeps
 
 
 def stage_map(p):
-    return {s.name: s for s in pipeline.stages(p)}
+    return {s.name: s for s in dvc.stages(p)}
 
 
 def test_a_loss_key_reruns_only_what_is_downstream_of_distillation(reports_inside):
@@ -51,27 +51,41 @@ def test_teacher_preparation_reads_no_student_training_key(reports_inside):
 
 def test_ce_baseline_does_not_read_teacher_terms(reports_inside):
     s = stage_map(_in_project(params.load("params/smoke.yaml")))
-    assert not set(s["train-ce_baseline"].params) & set(pipeline.TEACHER_TERMS)
-    assert set(pipeline.TEACHER_TERMS) <= set(s["train-distilled"].params)
-    assert pipeline.stage_params(params.load("params/smoke.yaml"), "train-ce_baseline").uses_teacher is False
+    assert not set(s["train-ce_baseline"].params) & set(dvc.TEACHER_TERMS)
+    assert set(dvc.TEACHER_TERMS) <= set(s["train-distilled"].params)
+    assert dvc.stage_params(params.load("params/smoke.yaml"), "train-ce_baseline").uses_teacher is False
 
 
 def test_every_stage_key_is_a_params_key(reports_inside):
     p = _in_project(params.load("params/smoke.yaml"))
     known = set(params.field_names())
-    for s in pipeline.stages(p):
+    for s in dvc.stages(p):
         assert set(s.params) <= known, (s.name, set(s.params) - known)
 
 
 def test_training_checkpoints_persist_and_reports_are_not_cached(reports_inside):
-    d = pipeline.dvc_yaml(_in_project(params.load("params/smoke.yaml")))["stages"]
+    d = dvc.dvc_yaml(_in_project(params.load("params/smoke.yaml")))["stages"]
     outs = d["train-distilled"]["outs"]
     assert {"artifacts/smoke/students/distilled": {"persist": True}} in outs
     assert {"artifacts/smoke/executed/01_distill.ipynb": {"cache": False}} in outs
     # pages are views of the executed notebook, rendered outside the cache: a renderer change re-runs no stage
     assert not any(str(next(iter(o))).endswith(".html") for s in d.values() for o in s.get("outs", []))
     assert d["teacher"]["wdir"] == "../.." and d["teacher"]["cmd"].startswith("python -m distill stage ")
-    assert d["report"]["deps"] and all("scores" in x or "speed" in x or x.endswith(".py") for x in d["report"]["deps"])
+    code = [x for x in d["report"]["deps"] if "scores" not in x and "speed" not in x]
+    assert code == ["lib/distill/core", "lib/distill/kd", "lib/distill/parts", "lib/distill/report", "lib/distill/study",
+                    "notebooks/03_benchmark.py"]
+
+
+def test_stages_depend_on_code_by_layer_never_on_the_pipeline_layer(reports_inside):
+    """Code dependencies are the lib's layer folders (no hand-kept file lists); the pipeline layer only orders and
+    launches stages, so a change there re-runs nothing, while a change in any layer a stage runs re-runs it."""
+    d = dvc.dvc_yaml(_in_project(params.load("params/smoke.yaml")))["stages"]
+    layers = {"lib/distill/" + x for x in ("core", "kd", "parts", "study", "report", "pipeline")}
+    for name, stage in d.items():
+        code = [x for x in stage["deps"] if x.startswith("lib/")]
+        assert code and set(code) <= layers - {"lib/distill/pipeline"}, (name, code)
+        assert {"lib/distill/core", "lib/distill/kd", "lib/distill/parts", "lib/distill/study"} <= set(code), name
+    assert all(not x.endswith(".py") or x.startswith("notebooks/") for s in d.values() for x in s["deps"])
 
 
 def test_report_files_follow_the_params(reports_inside):
@@ -85,7 +99,7 @@ def test_report_files_follow_the_params(reports_inside):
 def test_outputs_outside_the_project_are_refused_with_the_fix(reports_inside):
     p = params.load("params/smoke.yaml").replace(output_dir="/tmp/elsewhere")
     with pytest.raises(params.ParamsError, match=r"output_dir: /tmp/elsewhere is outside the project"):
-        pipeline.stages(p)
+        dvc.stages(p)
 
 
 @pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.stem)
@@ -106,11 +120,11 @@ def test_dvc_accepts_every_profile_pipeline(profile, tmp_path):
 def test_run_lock_refuses_a_second_holder(tmp_path, monkeypatch):
     monkeypatch.setattr(paths, "PROJECT_ROOT", tmp_path)
     p = params.load("params/smoke.yaml")
-    with pipeline.run_lock(p):
-        with pytest.raises(pipeline.RunLocked, match="run smoke is already running"):
-            with pipeline.run_lock(p):
+    with dvc.run_lock(p):
+        with pytest.raises(dvc.RunLocked, match="run smoke is already running"):
+            with dvc.run_lock(p):
                 pass
-    with pipeline.run_lock(p):  # released when the holder ends
+    with dvc.run_lock(p):  # released when the holder ends
         pass
 
 
@@ -118,11 +132,11 @@ def test_two_run_names_writing_one_output_dir_are_refused_too(tmp_path, monkeypa
     monkeypatch.setattr(paths, "PROJECT_ROOT", tmp_path)
     a = params.load("params/smoke.yaml", ["run_name=a", f"output_dir={tmp_path / 'shared'}"])
     b = params.load("params/smoke.yaml", ["run_name=b", f"output_dir={tmp_path / 'shared'}"])
-    with pipeline.run_lock(a):
-        with pytest.raises(pipeline.RunLocked, match=r"output folder .*shared is being written by another run "
+    with dvc.run_lock(a):
+        with pytest.raises(dvc.RunLocked, match=r"output folder .*shared is being written by another run "
                                                      r"\(pid \d+, run a\); wait for it to finish, or set another "
                                                      "output_dir"):
-            with pipeline.run_lock(b):
+            with dvc.run_lock(b):
                 pass
 
 
@@ -130,22 +144,22 @@ def test_a_lock_left_by_a_killed_run_is_not_in_the_way(tmp_path, monkeypatch):
     """kill -9 of the holder: its lock file stays, with its pid, but the next run takes it."""
     import signal
 
-    code = ("import sys, time; sys.path.insert(0, sys.argv[1]); from distill import paths, params, pipeline; "
+    code = ("import sys, time; sys.path.insert(0, sys.argv[1]); from distill.core import paths, params; from distill.pipeline import dvc; "
             "from pathlib import Path; paths.PROJECT_ROOT = Path(sys.argv[2]); "
             "p = params.load('params/smoke.yaml')\n"
-            "with pipeline.run_lock(p):\n    print('held', flush=True); time.sleep(600)")
+            "with dvc.run_lock(p):\n    print('held', flush=True); time.sleep(600)")
     holder = subprocess.Popen([sys.executable, "-c", code, str(ROOT / "lib"), str(tmp_path)], cwd=ROOT,
                               stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
     monkeypatch.setattr(paths, "PROJECT_ROOT", tmp_path)
     p = params.load("params/smoke.yaml")
-    with pytest.raises(pipeline.RunLocked, match=f"pid {holder.pid}"):
-        with pipeline.run_lock(p):
+    with pytest.raises(dvc.RunLocked, match=f"pid {holder.pid}"):
+        with dvc.run_lock(p):
             pass
     holder.send_signal(signal.SIGKILL)
     holder.wait()
     assert list((tmp_path / ".dvc" / "tmp").glob("distill-run-smoke.lock"))  # the file stays ...
-    with pipeline.run_lock(p):  # ... and does not block
+    with dvc.run_lock(p):  # ... and does not block
         pass
 
 
@@ -170,9 +184,9 @@ def test_dvc_config_links_from_the_cache():
 
 def test_generated_pipeline_round_trips(reports_inside):
     p = _in_project(params.load("params/smoke.yaml"))
-    dvc_text, params_text = pipeline.pipeline_texts(p)
+    dvc_text, params_text = dvc.pipeline_texts(p)
     assert params.from_mapping(yaml.safe_load(params_text)) == p
-    assert list(yaml.safe_load(dvc_text)["stages"]) == [s.name for s in pipeline.stages(p)]
+    assert list(yaml.safe_load(dvc_text)["stages"]) == [s.name for s in dvc.stages(p)]
 
 
 def test_a_cached_teacher_adds_a_cache_stage_that_only_the_distilled_student_reads(reports_inside):
@@ -193,9 +207,9 @@ def test_a_stage_ends_when_its_run_is_killed():
     import time
 
     run = subprocess.Popen(["sleep", "60"])
-    stage = subprocess.Popen([sys.executable, "-c", "from distill import pipeline; import time; "
-                              "pipeline.die_with_run(); time.sleep(60)"],
-                             env={**__import__("os").environ, pipeline.RUN_PID_ENV: str(run.pid)})
+    stage = subprocess.Popen([sys.executable, "-c", "from distill.core import procs; import time; "
+                              "procs.die_with_run(); time.sleep(60)"],
+                             env={**__import__("os").environ, procs.RUN_PID_ENV: str(run.pid)})
     time.sleep(1.5)
     assert stage.poll() is None  # alive while its run is
     run.kill()

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from distill import reproduce
-from distill.reproduce import DIFFER, IDENTICAL, SPREAD, TOLERANCE
+from distill.report import reproduce
+from distill.report.reproduce import DIFFER, IDENTICAL, SPREAD, TOLERANCE
 
 QIDS = ["q1", "q2", "q3", "q4"]
 MODELS = {  # results.json name -> (the model's key, EM, F1, answer loss, top-1)

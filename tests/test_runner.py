@@ -1,7 +1,10 @@
 """The runner: a failing cell stops the run, exits non-zero, names the cell, and still renders its HTML."""
 import json
 
-from distill import params, paths, pipeline, runner, stage
+from distill.core import params, paths
+from distill.pipeline import dvc, runner, stage
+from distill.report import render
+from distill.study import layout
 
 
 def test_failing_cell_is_reported_and_rendered(tmp_path, monkeypatch, capsys):
@@ -14,8 +17,8 @@ def test_failing_cell_is_reported_and_rendered(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HF_TOKEN", "hf_" + "x" * 34)
     p = params.from_mapping({"run_name": "failing", "output_dir": str(tmp_path / "artifacts")})
     monkeypatch.setattr(paths, "REPORTS_DIR", tmp_path / "reports")
-    spec = pipeline.Stage("teacher", ["teacher"], [], notebook="00_teacher", title="t")
-    code = stage.run_notebook_stage(p, spec, "00_teacher")
+    spec = dvc.Stage("teacher", ["teacher"], [], notebook="00_teacher", report="00_teacher", title="t")
+    code = stage.run_notebook_stage(p, spec)
     assert code == 1
     report = tmp_path / "reports" / "failing"
     html = (report / "00_teacher.html").read_text()
@@ -23,7 +26,7 @@ def test_failing_cell_is_reported_and_rendered(tmp_path, monkeypatch, capsys):
     printed = capsys.readouterr().out
     assert any(line.startswith("FAILED: notebook 00_teacher") and "ValueError" in line and "cell" in line
                for line in printed.splitlines())
-    record = json.loads(stage.record_file(p, "00_teacher").read_text())
+    record = json.loads(runner.record_file(p, "00_teacher").read_text())
     assert record["status"] == "failed" and "deliberate failure" in record["failure"]
     assert "x" * 34 not in html
 
@@ -38,11 +41,11 @@ def test_a_dead_kernel_ends_with_the_failed_line_and_a_failed_record(tmp_path, m
     monkeypatch.setattr(paths, "NOTEBOOKS_DIR", nb_dir)
     monkeypatch.setattr(paths, "REPORTS_DIR", tmp_path / "reports")
     p = params.from_mapping({"run_name": "killed", "output_dir": str(tmp_path / "artifacts")})
-    record = stage.record_file(p, "01_distill")
+    record = runner.record_file(p, "01_distill")
     record.parent.mkdir(parents=True)
     record.write_text(json.dumps({"status": "ok"}))  # an earlier run's record
-    spec = pipeline.Stage("train-distilled", ["train"], [], notebook="01_distill", title="t")
-    assert stage.run_notebook_stage(p, spec, "01_distill") == 1
+    spec = dvc.Stage("train-distilled", ["train"], [], notebook="01_distill", report="01_distill", title="t")
+    assert stage.run_notebook_stage(p, spec) == 1
     failed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("FAILED: notebook 01_distill")]
     assert failed and "kernel died" in failed[0] and "run the same command again" in failed[0], failed
     assert json.loads(record.read_text())["status"] == "failed"
@@ -66,8 +69,8 @@ def test_index_says_the_run_failed_and_names_the_failure(tmp_path, monkeypatch):
 def test_secrets_are_redacted(monkeypatch):
     token = "hf_" + "A1b2" * 9
     monkeypatch.setenv("HF_TOKEN", token)
-    assert token not in runner.redact(f"token={token} and {token[:10]}")
-    assert "***redacted***" in runner.redact(f"token={token}")
+    assert token not in render.redact(f"token={token} and {token[:10]}")
+    assert "***redacted***" in render.redact(f"token={token}")
 
 
 def test_manifest_bits():
@@ -79,11 +82,13 @@ def test_manifest_bits():
 
 
 def test_notebook_stages_cover_both_students():
-    assert list(stage.NOTEBOOK_REPORTS) == ["teacher", "train-distilled", "train-ce_baseline", "merge", "report",
-                                           "capacity-report"]
-    baseline = pipeline.stage_params(params.StudyParams(), "train-ce_baseline")
+    pages = {s.name: s.report for s in dvc.run_pages(params.StudyParams(capacity_keep=[2], student="prune",
+                                                                        prune_keep=2))}
+    assert pages == {"teacher": "00_teacher", "train-distilled": "01_distill", "train-ce_baseline": "01_distill_ce_baseline",
+                     "merge": "02_merge", "report": "03_benchmark", "capacity-report": "04_capacity"}
+    baseline = dvc.stage_params(params.StudyParams(), "train-ce_baseline")
     assert baseline.variant == "ce_baseline" and not baseline.uses_teacher
-    assert pipeline.stage_params(params.StudyParams(), "train-distilled").uses_teacher
+    assert dvc.stage_params(params.StudyParams(), "train-distilled").uses_teacher
 
 
 def test_a_run_under_way_says_running_not_an_earlier_ok(tmp_path, monkeypatch):
@@ -100,7 +105,7 @@ def test_ctrl_c_leaves_a_manifest_that_says_interrupted(tmp_path, monkeypatch):
     monkeypatch.setattr(paths, "PROJECT_ROOT", tmp_path)
     monkeypatch.setattr(paths, "REPORTS_DIR", tmp_path / "reports")
     monkeypatch.setattr(paths, "ARTIFACTS_DIR", tmp_path / "artifacts")
-    monkeypatch.setattr(pipeline, "PIPELINES_DIR", tmp_path / "pipelines")
+    monkeypatch.setattr(layout, "PIPELINES_DIR", tmp_path / "pipelines")
     (tmp_path / ".dvc").mkdir()
     (tmp_path / ".dvc" / "config").write_text("")
     p = params.from_mapping({"run_name": "ctrl_c_test_run"})
@@ -109,7 +114,7 @@ def test_ctrl_c_leaves_a_manifest_that_says_interrupted(tmp_path, monkeypatch):
     def interrupted(*args, **kwargs):
         seen.append(json.loads((p.report_dir / "manifest.json").read_text())["status"])
         raise KeyboardInterrupt
-    monkeypatch.setattr(pipeline, "dvc", interrupted)
+    monkeypatch.setattr(dvc, "dvc", interrupted)
     assert runner.run_study(p, log=lambda *a: None) == 130
     assert seen == ["running"]  # said from the start, before DVC ran anything
     manifest = json.loads((p.report_dir / "manifest.json").read_text())

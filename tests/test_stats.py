@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from distill import stats
+from distill.report import stats
 
 
 @pytest.mark.parametrize("df, expected", [(1, 12.706), (2, 4.303), (3, 3.182), (4, 2.776), (9, 2.262), (30, 2.042)])

@@ -5,9 +5,12 @@ import re
 
 import pytest
 import yaml
-
 from conftest import run_cli
-from distill import params, sweep
+
+from distill.core import params, paths
+from distill.pipeline import dvc
+from distill.report import sweeps
+from distill.study import layout, sweep
 
 
 def record(sweep_name, variant, seed, loss, f1):
@@ -22,7 +25,7 @@ RECORDS = [record("default", "ce_baseline", 0, 2.0, 10.0), record("default", "ce
 
 
 def test_summary_means_and_sample_sd():
-    s = sweep.summarize(RECORDS).set_index(["sweep", "variant"])
+    s = sweeps.summarize(RECORDS).set_index(["sweep", "variant"])
     base = s.loc[("default", "ce_baseline")]
     assert base["seeds"] == 2 and base["answer_loss_mean"] == pytest.approx(2.5)
     assert base["answer_loss_sd"] == pytest.approx(math.sqrt(0.5))  # sample sd of (2, 3)
@@ -30,14 +33,14 @@ def test_summary_means_and_sample_sd():
 
 
 def test_paired_differences_use_common_seeds_only():
-    d = sweep.paired_differences(RECORDS, ("default", "ce_baseline"))
+    d = sweeps.paired_differences(RECORDS, ("default", "ce_baseline"))
     assert list(zip(d["sweep"], d["variant"])) == [("default", "distilled")]
     row = d.iloc[0]
     assert row["paired_seeds"] == 2
     assert row["answer_loss_diff_mean"] == pytest.approx((-0.5 + 0.1) / 2)
     assert row["f1_diff_mean"] == pytest.approx(3.0) and row["f1_diff_sd"] == pytest.approx(math.sqrt(2.0))
     assert row["answer_loss_better_in"] == "1/2" and row["f1_better_in"] == "2/2"  # lower loss, higher F1 win
-    text = sweep.summary_text(sweep.summarize(RECORDS), d)
+    text = sweeps.summary_text(sweeps.summarize(RECORDS), d)
     half = 12.706 * math.sqrt(0.18) / math.sqrt(2)  # t(0.975, 1 df) x sd / sqrt(n); diffs -0.5 and +0.1
     assert row["answer_loss_diff_ci95_low"] == pytest.approx(-0.2 - half, abs=1e-3)
     assert row["answer_loss_diff_ci95_high"] == pytest.approx(-0.2 + half, abs=1e-3)
@@ -47,7 +50,7 @@ def test_paired_differences_use_common_seeds_only():
 def test_a_sweep_with_both_students_is_also_paired_within_itself():
     steps = [record("steps40", "ce_baseline", 0, 1.8, 12.0), record("steps40", "distilled", 0, 1.6, 15.0),
              record("steps40", "ce_baseline", 1, 2.6, 21.0), record("steps40", "distilled", 1, 2.2, 25.0)]
-    d = sweep.paired_differences(RECORDS + steps, ("default", "ce_baseline")).set_index(["sweep", "variant", "vs"])
+    d = sweeps.paired_differences(RECORDS + steps, ("default", "ce_baseline")).set_index(["sweep", "variant", "vs"])
     within = d.loc[("steps40", "distilled", "steps40/ce_baseline")]
     assert within["answer_loss_diff_mean"] == pytest.approx((-0.2 - 0.4) / 2) and within["f1_better_in"] == "2/2"
     across = d.loc[("steps40", "ce_baseline", "default/ce_baseline")]  # more steps alone, no teacher
@@ -55,23 +58,21 @@ def test_a_sweep_with_both_students_is_also_paired_within_itself():
     setting = d.loc[("steps40", "distilled", "default/distilled")]  # what more steps change in the distillation
     assert setting["answer_loss_diff_mean"] == pytest.approx((1.6 - 1.5 + 2.2 - 3.1) / 2)
     assert ("default", "distilled", "default/ce_baseline") in d.index and len(d) == 5
-    text = sweep.summary_text(sweep.summarize(RECORDS + steps), d.reset_index())
+    text = sweeps.summary_text(sweeps.summarize(RECORDS + steps), d.reset_index())
     assert re.search(r"^steps40/distilled +steps40/ce_baseline +2 ", text, re.M)
 
 
 @pytest.fixture
 def base(tmp_path, monkeypatch):
     """The smoke run with its pipeline folder in tmp_path and its outputs inside the project tree's layout."""
-    from distill import paths, pipeline
-
     import shutil
 
     monkeypatch.setattr(paths, "REPORTS_DIR", paths.PROJECT_ROOT / "reports")  # reports/_*/ is git-ignored
     p = params.load("params/smoke.yaml").replace(run_name="_sweep_check", output_dir="artifacts/_sweep_check")
-    for folder in (p.report_dir, pipeline.pipeline_dir(p)):
+    for folder in (p.report_dir, layout.pipeline_dir(p)):
         shutil.rmtree(folder, ignore_errors=True)
     yield p
-    for folder in (p.report_dir, pipeline.pipeline_dir(p)):
+    for folder in (p.report_dir, layout.pipeline_dir(p)):
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -107,12 +108,11 @@ def test_extending_a_sweep_keeps_its_seeds_and_a_name_keeps_its_setting(base):
 
 
 def test_sweep_stages_follow_the_registry(base):
-    from distill import pipeline
 
-    assert not [s for s in pipeline.stages(base) if s.name.startswith("sweep")]
+    assert not [s for s in dvc.stages(base) if s.name.startswith("sweep")]
     sweep.register(base, "default", [0, 1], ["distilled", "ce_baseline"], {}, 6)
     sweep.register(base, "t1", [0], ["distilled"], {"temperature": 1.0}, 0)
-    st = {s.name: s for s in pipeline.stages(base)}
+    st = {s.name: s for s in dvc.stages(base)}
     names = [n for n in st if n.startswith("sweep")]
     assert names == ["sweep-score-teacher", "sweep-score-student_before",
                      "sweep-default-seed0-distilled", "sweep-score-default-seed0-distilled",
@@ -132,30 +132,29 @@ def test_sweep_stages_follow_the_registry(base):
 
 
 def test_paired_gain_is_given_only_for_this_runs_own_base_models(base, monkeypatch):
-    pair, why = sweep.paired_gain(base)
+    pair, why = sweeps.paired_gain(base)
     assert pair is None and "no seed sweep of this run yet" in why
-    folder = sweep.sweeps_dir(base)
+    folder = sweeps.sweeps_dir(base)
     folder.mkdir(parents=True)
     row = {"sweep": "default", "variant": "distilled", "vs": "default/ce_baseline", "f1_diff_mean": -3.3}
     (folder / "summary.json").write_text(json.dumps({"base_models": "aaaa1111", "paired_differences": [row]}))
-    monkeypatch.setattr(sweep, "base_models", lambda b: "aaaa1111")
-    assert sweep.paired_gain(base) == (row, "")
-    assert sweep.paired_gain(base, "other")[0] is None
-    monkeypatch.setattr(sweep, "base_models", lambda b: "bbbb2222")
-    pair, why = sweep.paired_gain(base)
+    monkeypatch.setattr(sweep, "base_models_digest", lambda b: "aaaa1111")
+    assert sweeps.paired_gain(base) == (row, "")
+    assert sweeps.paired_gain(base, "other")[0] is None
+    monkeypatch.setattr(sweep, "base_models_digest", lambda b: "bbbb2222")
+    pair, why = sweeps.paired_gain(base)
     assert pair is None and "other base models" in why
 
 
 def test_base_models_come_from_dvc_lock(base):
-    from distill import pipeline
 
-    lock = pipeline.pipeline_dir(base) / "dvc.lock"
+    lock = layout.pipeline_dir(base) / "dvc.lock"
     lock.parent.mkdir(parents=True)
     lock.write_text(yaml.safe_dump({"schema": "2.0", "stages": {"teacher": {"outs": [
         {"path": "artifacts/x/teacher", "md5": "0123456789abcdef.dir"},
         {"path": "reports/x/00_teacher.html", "md5": "ffff"},
         {"path": "artifacts/x/student_init", "md5": "fedcba9876543210.dir"}]}}}))
-    assert sweep.base_models(base) == "01234567-fedcba98"
+    assert sweep.base_models_digest(base) == "01234567-fedcba98"
 
 
 def test_cli_rejects_a_bad_variant_before_any_work():

@@ -4,8 +4,11 @@ import json
 import pytest
 import torch
 
-from distill import data, losses, models, params, teacher_cache, training
-from distill.trainer import DistillationTrainer
+from distill.core import params
+from distill.kd import losses
+from distill.kd.trainer import DistillationTrainer
+from distill.parts import data, models, teacher_cache
+from distill.study import training
 
 
 @pytest.fixture(scope="module")

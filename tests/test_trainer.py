@@ -5,8 +5,11 @@ import shutil
 import pytest
 import torch
 
-from distill import data, losses, models, params, training
-from distill.trainer import DistillationTrainer
+from distill.core import params
+from distill.kd import losses
+from distill.kd.trainer import DistillationTrainer
+from distill.parts import data, models
+from distill.study import training
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,15 @@ import argparse
 import sys
 from pathlib import Path
 
+from distill.core import paths, procs
+from distill.core.params import ParamsError, help_table, load, parse_overrides
+from distill.parts import official
+from distill.pipeline import dvc, preflight, runner, stage
+from distill.pipeline.dvc import RunLocked, params_file, read_params
+from distill.pipeline.preflight import PreflightError
+from distill.report import reproduce
+from distill.study import sweep
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m distill", description="distill-study: run and check the study")
@@ -49,16 +58,15 @@ def main(argv: list[str] | None = None) -> int:
                              "packages and machines")
     compare.add_argument("run_a", help="reports/<run> (or a run name)")
     compare.add_argument("run_b", help="reports/<run> (or a run name)")
-    stage = sub.add_parser("stage", help="(what DVC runs) one pipeline stage of a run's resolved params file")
-    stage.add_argument("params_file", help="pipelines/<run>/params.yaml")
-    stage.add_argument("kind", help="teacher, train, merge, score, speed or report")
-    stage.add_argument("args", nargs="*", help="the variant (train), model (score, speed), or a sweep stage's arguments")
+    stage_cmd = sub.add_parser("stage", help="(what DVC runs) one pipeline stage of a run's resolved params file")
+    stage_cmd.add_argument("params_file", help="pipelines/<run>/params.yaml")
+    stage_cmd.add_argument("kind", help="teacher, train, merge, score, speed or report")
+    stage_cmd.add_argument("args", nargs="*", help="the variant (train), model (score, speed), or a sweep stage's arguments")
     rank = sub.add_parser("train-student", help="(what `accelerate launch` runs on each process) one student's "
                                                 "training from a launch's params file")
     rank.add_argument("params_file", help="artifacts/<run>/students/<variant>/launch_params.json")
     args = parser.parse_args(argv)
 
-    from .params import ParamsError, help_table, load
 
     if args.command == "params":
         for name, kind, default, text in help_table():
@@ -67,44 +75,36 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "sweep":
         return _sweep(args)
     if args.command == "squad-subset":
-        from .official import write_dev_subset
-
-        n = write_dev_subset(args.results_json, args.out)
+        n = official.write_dev_subset(args.results_json, args.out)
         print(f"wrote {args.out}: {n} questions; re-score with: python evaluate-v1.1.py {args.out} "
               f"{Path(args.results_json).parent}/predictions_<model>.json")
         return 0
     if args.command == "compare":
-        from .reproduce import compare_runs, exit_code, format_comparison
-
         try:
-            result = compare_runs(args.run_a, args.run_b)
+            result = reproduce.compare_runs(args.run_a, args.run_b)
         except ValueError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
-        print(format_comparison(result))
-        return exit_code(result)
+        print(reproduce.format_comparison(result))
+        return reproduce.exit_code(result)
     if args.command == "train-student":
-        from .student_training import rank_main
+        from distill.study import training  # heavy (transformers' Trainer): only a launched rank needs it
 
-        return rank_main(args.params_file)
+        return training.rank_main(args.params_file)
     if args.command == "stage":
-        from .pipeline import die_with_run
-        from .stage import main as stage_main
-
-        die_with_run()
-        return stage_main(args.params_file, args.kind, *args.args)
+        procs.die_with_run()
+        return stage.main(args.params_file, args.kind, *args.args)
     try:
         p = load(args.params, overrides=args.set)
     except ParamsError as err:
         print(f"error: {err}" if str(err).startswith(str(args.params)) else f"error: {args.params}: {err}",
               file=sys.stderr)
         return 2
-    from .preflight import check
 
-    preflight = lambda: check(p, log=lambda line: print(f"  {line}", file=sys.stderr))  # noqa: E731
+    checks = lambda: preflight.check(p, log=lambda line: print(f"  {line}", file=sys.stderr))  # noqa: E731
     if args.command == "validate":
         try:  # data, models and folders, as a run checks them before any kernel starts
-            preflight()
+            checks()
         except ValueError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
@@ -116,10 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ok: {args.params} is valid (run_name {p.run_name}); its data, models and folders were checked")
         return 0
     if args.command in ("pipeline", "status", "dag"):
-        from . import pipeline
-
         try:
-            dvcfile = pipeline.write_pipeline(p)
+            dvcfile = dvc.write_pipeline(p)
         except ParamsError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
@@ -127,14 +125,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {dvcfile} and its params.yaml")
             return 0
         dvc_args = ["status"] if args.command == "status" else ["dag", "--md"]
-        return pipeline.dvc(*dvc_args, str(dvcfile.relative_to(pipeline.paths.PROJECT_ROOT))).returncode
-    from .pipeline import RunLocked, die_with_parent
-    from .runner import run_study
+        return dvc.dvc(*dvc_args, str(dvcfile.relative_to(dvc.paths.PROJECT_ROOT))).returncode
 
-    die_with_parent(only_if_parent_is="make")  # kill -9 of `make study` ends the run, its DVC and its stages too
+    procs.die_with_parent(only_if_parent_is="make")  # kill -9 of `make study` ends the run, its DVC and its stages too
     only = [s for s in args.only.split(",") if s]
     try:
-        return run_study(p, only=only or None, force=args.force, before=preflight)
+        return runner.run_study(p, only=only or None, force=args.force, before=checks)
     except (ParamsError, ValueError, RunLocked) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -160,16 +156,6 @@ def _os_error(err: OSError) -> str:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from . import sweep
-    from .params import ParamsError, load, parse_overrides
-    from .pipeline import RunLocked
-    from .runner import run_sweeps
-
-    from . import paths
-    from .pipeline import params_file, read_params
-
-    from .preflight import PreflightError, check
-
     try:
         base = load(args.params)
         recorded = params_file(base).exists()
@@ -181,12 +167,12 @@ def _sweep(args: argparse.Namespace) -> int:
             raise ParamsError(f"--seeds {args.seeds}: expected comma-separated whole numbers, e.g. 0,1,2")
         if args.questions < 0:
             raise ParamsError(f"--questions {args.questions}: expected a count >= 1 (or 0: as recorded, else bench_size)")
-        check(base, models=False, log=lambda line: print(f"  {line}", file=sys.stderr))
+        preflight.check(base, models=False, log=lambda line: print(f"  {line}", file=sys.stderr))
         if recorded:
             print(f"sweeping run {base.run_name} as its pipeline has it: {paths.shown(params_file(base))}")
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
         variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-        return run_sweeps(base, lambda: sweep.register(base, args.name, seeds, variants, overrides, args.questions,
+        return runner.run_sweeps(base, lambda: sweep.register(base, args.name, seeds, variants, overrides, args.questions,
                                                        args.reference))
     except (ParamsError, PreflightError, ValueError, RunLocked) as err:
         print(f"error: {err}", file=sys.stderr)

