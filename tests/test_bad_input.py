@@ -223,15 +223,21 @@ def test_deploy_dir_holding_a_users_files_is_never_replaced(tmp_path, monkeypatc
 
 
 def test_deploy_dir_that_is_ours_or_empty_is_accepted(tmp_path):
+    """Ours (the marker), new or empty: replaceable; the same folder with a user's file and no marker: refused."""
     ours = tmp_path / "ours"
     ours.mkdir()
     (ours / paths.DEPLOY_MARKER).write_text("{}")
     (ours / "config.json").write_text("{}")
-    paths.check_replaceable(ours)
-    paths.check_replaceable(tmp_path / "new")
     empty = tmp_path / "empty"
     empty.mkdir()
-    paths.check_replaceable(empty)
+    for folder in (ours, tmp_path / "new", empty):
+        assert paths.check_replaceable(folder) is None
+    (ours / paths.DEPLOY_MARKER).unlink()
+    with pytest.raises(paths.NotOurFolder, match="not a deployment of this study"):
+        paths.check_replaceable(ours)
+    (empty / "notes.txt").write_text("mine")
+    with pytest.raises(paths.NotOurFolder, match="not a deployment of this study"):
+        paths.check_replaceable(empty)
 
 
 def test_read_only_reports_folder(monkeypatch, capsys):

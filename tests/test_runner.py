@@ -81,7 +81,9 @@ def test_manifest_bits():
     assert runner.device_info()["cpu_cores"] >= 1
 
 
-def test_notebook_stages_cover_both_students():
+def test_notebook_stages_cover_both_students(monkeypatch):
+    monkeypatch.setattr(paths, "ARTIFACTS_DIR", paths.PROJECT_ROOT / "artifacts")  # DVC tracks only the project
+    monkeypatch.setattr(paths, "REPORTS_DIR", paths.PROJECT_ROOT / "reports")
     pages = {s.name: s.report for s in dvc.run_pages(params.StudyParams(capacity_keep=[2], student="prune",
                                                                         prune_keep=2))}
     assert pages == {"teacher": "00_teacher", "train-distilled": "01_distill", "train-ce_baseline": "01_distill_ce_baseline",

@@ -36,8 +36,6 @@ from distill.core import paths
 from distill.kd import group
 from distill.parts.data import pad_batch
 
-FORMATS = ("topk", "sampled")
-
 
 class CacheMismatch(RuntimeError):
     """A cache made for other settings than the run's (another teacher, template, temperature, format or k)."""

@@ -11,8 +11,6 @@ from typing import Any
 
 from distill.report.results import BASELINE, BEFORE, DISTILLED, TEACHER, versus_teacher
 
-TAG = "summary"
-
 
 def show(markdown: str, chart: Path | None = None) -> None:
     """Display a summary (and its chart) in the notebook; the renderer moves this cell to the top."""

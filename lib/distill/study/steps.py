@@ -1,6 +1,8 @@
-"""The study's shared steps: which data, which models, where each stage reads and writes.
+"""The study's shared steps: the run's data subsets, its models as the study loads them, the encoded training
+examples and the teacher cache's view of them.
 
-Notebooks call these so that every stage agrees on the same subsets and folders.
+Notebooks, training ranks and scoring stages call these, so every stage agrees on the same subsets and models
+(where each thing lives is `study.layout`).
 """
 from __future__ import annotations
 
