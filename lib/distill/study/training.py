@@ -19,7 +19,7 @@ import torch
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_callback import PrinterCallback
 
-from distill.core import paths, procs
+from distill.core import procs
 from distill.core.params import StudyParams, from_mapping
 from distill.core.paths import atomic_folder, hash_config, write_text_atomic
 from distill.kd import group, losses
@@ -263,7 +263,7 @@ def save_trained(model, tokenizer, folder: Path, projection=None, info: dict | N
 
 
 def write_log_history(trainer: Trainer, path: Path) -> None:
-    paths.write_text_atomic(path, json.dumps(trainer.state.log_history, indent=1))
+    write_text_atomic(path, json.dumps(trainer.state.log_history, indent=1))
 
 
 # --------------------------------------------------------------------------------------------
