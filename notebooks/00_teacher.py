@@ -33,9 +33,9 @@ from IPython.display import display
 from distill.core import params, paths
 from distill.parts import benchmark, data, models, pruning, sources
 from distill.report import plots, summaries
-from distill.study import steps, training
+from distill.study import layout, steps, training
 
-p = params.from_notebook(globals())
+p = layout.notebook_params(params.from_notebook(globals()), makes_base_models=True)
 models.setup_torch(p.seed, p.torch_threads)
 device = models.resolve_device(p.device)
 report = p.report_dir

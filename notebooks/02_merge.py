@@ -27,10 +27,10 @@ from IPython.display import display
 
 from distill.core import params, paths
 from distill.parts import benchmark, models
-from distill.report import plots, summaries
+from distill.report import plots, results, summaries
 from distill.study import layout, merge, steps
 
-p = params.from_notebook(globals())
+p = layout.notebook_params(params.from_notebook(globals()))
 models.setup_torch(p.seed, p.torch_threads)
 device = models.resolve_device(p.device)
 sets = steps.load_data(p)
@@ -39,7 +39,7 @@ sets = steps.load_data(p)
 # ## Merge and verify
 
 # %%
-merges = [merge.merge_variant(p, v, device, sets.eval_rows[:4]) for v in layout.VARIANTS]
+merges = [merge.merge_variant(p, v, device, sets.eval_rows[:4]) for v in merge.trained_variants(p)]
 display(pd.DataFrame(merges))
 plots.save(plots.merge_check(merges, f"{p.run_name}: merged vs adapter logits"), p.report_dir, "merge_logit_check",
            show=False)  # the summary shows it first
@@ -54,8 +54,8 @@ answers = {}
 if rows:
     sources = {"teacher": (steps.teacher_source(p), p.teacher_load_in_4bit),
                "student before training": (steps.student_source(p), False),
-               "CE-only student": (str(layout.merged_dir(p, "ce_baseline")), False),
-               "distilled student": (str(layout.merged_dir(p, "distilled")), False)}
+               **{label: (str(layout.merged_dir(p, name)), False) for label, name in results.MODEL_KEYS.items()
+                  if name in {m["variant"] for m in merges}}}
     for name, (source, four_bit) in sources.items():
         model = models.load_model(source, dtype=p.model_dtype, load_in_4bit=four_bit,
                                   bnb_compute_dtype=p.bnb_compute_dtype, device=device)

@@ -16,10 +16,11 @@ from distill.core import params
 from distill.report import plots, results, summaries, sweeps
 from distill.study import layout
 
-p = params.from_notebook(globals())
+p = layout.notebook_params(params.from_notebook(globals()))
+run = layout.pipeline_run(p)  # the run whose score and speed stages measured the models
 names = {"teacher": results.TEACHER, "student_before": results.BEFORE, "ce_baseline": results.BASELINE,
          "distilled": results.DISTILLED}
-measured = {label: layout.measurements(p, model) for model, label in names.items()}
+measured = {label: layout.measurements(run, model) for model, label in names.items()}
 table = results.table(measured)
 meta = {"run_name": p.run_name, "n_examples": measured[results.TEACHER]["n_examples"],
         "max_new_tokens": p.max_new_tokens, "batch_size": p.bench_batch_size,
@@ -30,7 +31,7 @@ meta = {"run_name": p.run_name, "n_examples": measured[results.TEACHER]["n_examp
         "runtime_rss_mb": {n: r["runtime_rss_mb"] for n, r in measured.items()},
         "question_ids": measured[results.TEACHER]["question_ids"]}
 results.write(table, measured, meta, p.report_dir)
-sweep_pair, sweep_missing = sweeps.paired_gain(p)
+sweep_pair, sweep_missing = sweeps.paired_gain(run)
 
 # %% [markdown]
 # ## How it was measured

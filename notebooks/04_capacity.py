@@ -14,9 +14,10 @@ from IPython.display import HTML, display
 
 from distill.core import params
 from distill.report import capacity_report, plots, summaries
+from distill.study import layout
 
-p = params.from_notebook(globals())
-scores = capacity_report.load_scores(p)
+p = layout.notebook_params(params.from_notebook(globals()))
+scores = capacity_report.load_scores(layout.pipeline_run(p))  # as the grid's score stages wrote them
 result = capacity_report.analyse(scores)
 capacity_report.write(p, scores, result)
 

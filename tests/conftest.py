@@ -126,3 +126,36 @@ def run_in_project(project: Path, *args: str, timeout: int = 900):
 
     return subprocess.run([sys.executable, "-m", "distill", *args], capture_output=True, text=True, cwd=project,
                           env=project_env(project), timeout=timeout)
+
+
+class SmokeBuild:
+    """The smoke study built once per session in a fresh copy of the project: what the end-to-end, browser and
+    report tests read. A test that runs anything works on `snapshot()`, so every test sees the build as made."""
+    RUN = "smoke"
+
+    def __init__(self, project: Path, result):
+        import yaml
+
+        self.project, self.result = project, result
+        self.report_dir = project / "reports" / self.RUN
+        self.run_dir = project / "artifacts" / self.RUN
+        results_file = self.report_dir / "results.json"
+        self.results = json.loads(results_file.read_text()) if results_file.exists() else None
+        lock = project / "pipelines" / self.RUN / "dvc.lock"
+        self.lock = yaml.safe_load(lock.read_text())["stages"] if lock.exists() else {}
+
+    def snapshot(self, dest: Path) -> Path:
+        """A copy of the built project (its DVC cache, pipelines, artifacts and reports) for a test to change."""
+        import subprocess
+
+        assert self.result.returncode == 0, "the shared smoke build failed (see test_runner_succeeds)"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["cp", "-a", str(self.project), str(dest)], check=True)  # -a keeps the cache's hard links
+        return dest
+
+
+@pytest.fixture(scope="session")
+def smoke_build(tmp_path_factory) -> SmokeBuild:
+    """`python -m distill run params/smoke.yaml` in a fresh copy of the project, once per session."""
+    project = make_project_copy(tmp_path_factory.mktemp("smoke_build") / "project")
+    return SmokeBuild(project, run_in_project(project, "run", "params/smoke.yaml"))

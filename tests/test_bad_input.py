@@ -66,6 +66,13 @@ def _truncated_gzip(tmp: Path) -> str:
     return squad_copy(tmp, raw_train=raw[: len(raw) // 2])
 
 
+def _yaml_bomb(levels: int = 12) -> str:
+    """A few lines whose aliases of aliases expand to 9**levels values (a 'billion laughs')."""
+    lines = ["run_name: bomb", "lora_target_modules: &a0 [q, q, q, q, q, q, q, q, q]"]
+    lines += [f"k{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
 # (case id, argv after `python -m distill`, words the first line must hold: the problem and the fix)
 PARAMS_CASES = [
     ("empty-yaml", lambda t: ["validate", write(t, "empty.yaml", "")], ["empty", "run_name"]),
@@ -111,6 +118,28 @@ PARAMS_CASES = [
      ["teacher_placement: sharded", "FSDP", "replicated"]),
     ("sharded-4bit-teacher", lambda t: ["validate", "smoke", "--set", "teacher_placement=sharded"],
      ["teacher_placement", "teacher_load_in_4bit: false"]),
+    ("processes-above-the-cores", lambda t: ["validate", "smoke", "--set", "num_processes=64"],
+     ["num_processes", "cores", "num_processes <="]),
+    ("cache-k-above-the-vocabulary", lambda t: ["validate", "smoke", "--set", "teacher_cache=topk", "--set",
+                                                "teacher_cache_k=100000"], ["teacher_cache_k", "vocabulary"]),
+    ("lora-targets-no-module", lambda t: ["validate", "smoke", "--set", "lora_target_modules=[nope_proj]"],
+     ["lora_target_modules", "nope_proj", "q_proj"]),
+    ("cuda-without-a-gpu", lambda t: ["validate", "smoke", "--set", "device=cuda"], ["device: cuda", "auto"]),
+    ("gpu-accelerate-config-on-cpu", lambda t: ["validate", "smoke", "--set", "num_processes=2", "--set",
+                                                "accelerate_config=configs/accelerate/ddp_gpu.yaml"],
+     ["GPU config", "ddp_cpu.yaml"]),
+    ("accelerate-config-empty", lambda t: ["validate", "smoke", "--set", "num_processes=2", "--set",
+                                           f"accelerate_config={write(t, 'empty_acc.yaml', '')}"],
+     ["accelerate_config", "not an accelerate config"]),
+    ("accelerate-config-malformed", lambda t: ["validate", "smoke", "--set", "num_processes=2", "--set",
+                                               f"accelerate_config={write(t, 'bad_acc.yaml', 'a: [')}"],
+     ["accelerate_config", "not an accelerate config"]),
+    ("accelerate-config-folder", lambda t: ["validate", "smoke", "--set", "num_processes=2", "--set",
+                                            f"accelerate_config={t}"], ["accelerate_config", "is a folder"]),
+    ("output-dir-another-run", lambda t: ["validate", "smoke", "--set", "output_dir=artifacts/other"],
+     ["output_dir", "run 'other'", "artifacts/smoke"]),
+    ("yaml-that-expands-exponentially", lambda t: ["validate", write(t, "bomb.yaml", _yaml_bomb())],
+     ["expands to more than", "write the values out"]),
     ("sweep-negative-questions", lambda t: ["sweep", "smoke", "--name", "x", "--questions", "-5"],
      ["--questions -5", ">= 1"]),
     ("sweep-name-path", lambda t: ["sweep", "smoke", "--name", "../x"], ["--name", "letters"]),
@@ -305,3 +334,61 @@ def test_a_student_folder_without_a_tokenizer_says_what_is_missing(tiny_paths, t
     assert main(["validate", "smoke", "--set", f"student={tmp_path}"]) == 2
     line = first_error_line(capsys)
     assert line.startswith("error: student: ") and "has no tokenizer" in line and "save the tokenizer" in line
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["squad-subset", "{tmp}/nope.json", "{tmp}/out.json"], "nope.json does not exist"),
+    (["squad-subset", "{tmp}", "{tmp}/out.json"], "is a folder, not a file"),
+    (["squad-subset", "{tmp}/half.json", "{tmp}/out.json"], "half.json: not a study's results.json"),
+    (["squad-subset", "{tmp}/empty.json", "{tmp}/out.json"], "empty.json: not a study's results.json"),
+    (["stage", "{tmp}/nope.yaml", "teacher"], "nope.yaml does not exist"),
+    (["stage", "{tmp}", "teacher"], "is a folder, not a file"),
+    (["train-student", "{tmp}/nope.json"], "nope.json does not exist"),
+    (["train-student", "{tmp}"], "is a folder, not a file"),
+])
+def test_a_missing_file_or_a_folder_for_any_command_is_one_line(tmp_path, capsys, argv, said):
+    write(tmp_path, "half.json", '{"meta": {"question_ids": ["a", ')
+    write(tmp_path, "empty.json", "{}")
+    code = main([a.format(tmp=tmp_path) for a in argv])
+    line = first_error_line(capsys)
+    assert code == 2 and line.startswith("error: ") and said in line, line
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_output_into_a_closed_pipe_ends_quietly(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run(f"{sys.executable} -m distill params | head -c 10", shell=True, capture_output=True,
+                          text=True)
+    assert len(proc.stdout) == 10 and "Traceback" not in proc.stderr and "Error" not in proc.stderr, proc.stderr
+
+
+def test_an_unexpected_error_is_one_line_with_how_to_see_the_traceback(tmp_path, capsys, monkeypatch):
+    from distill import __main__ as cli
+
+    monkeypatch.delenv(cli.TRACEBACK_ENV, raising=False)
+    monkeypatch.setattr(cli, "_main", lambda argv: {}["boom"])
+    assert cli.main(["params"]) == 1
+    line = first_error_line(capsys)
+    assert line.startswith("error: KeyError: 'boom'") and cli.TRACEBACK_ENV in line
+    monkeypatch.setenv(cli.TRACEBACK_ENV, "1")
+    with pytest.raises(KeyError):
+        cli.main(["params"])
+
+
+def test_a_seed_numpy_cannot_take_is_refused_before_any_work(capsys):
+    assert main(["validate", "params/smoke.yaml", "--set", "seed=4294967296"]) == 2
+    line = first_error_line(capsys)
+    assert "seed" in line and "4294967295" in line, line
+
+
+def test_a_student_whose_weights_were_cut_short_is_found_before_any_work(tiny_paths, tmp_path, capsys):
+    import shutil as sh
+
+    folder = sh.copytree(tiny_paths[1], tmp_path / "student")
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    assert main(["validate", "smoke", "--set", f"student={folder}"]) == 2
+    line = first_error_line(capsys)
+    assert "student" in line and "model.safetensors" in line and "cut short" in line, line

@@ -111,3 +111,29 @@ def test_a_notebook_run_by_hand_gets_a_run_folder_of_its_own(monkeypatch):
     assert layout.notebook_params(p.replace(temperature=4.0)).run_name != lab.run_name
     assert layout.notebook_params(p.replace(variant="ce_baseline", gamma_kl=0.0, beta_mse=0.0)).run_dir != lab.run_dir
     assert layout.notebook_params(p).run_name == lab.run_name  # the same settings again: the same lab run (resumes)
+
+
+def test_every_notebook_run_by_hand_writes_only_to_its_lab_run(monkeypatch, tmp_path):
+    """00_teacher by hand makes the lab's own base models (never the run's); the notebooks after it read them once
+    made, else the run's; 02_merge merges only what the lab trained; 03/04 draw the run's scores."""
+    from distill.study import layout, merge
+
+    monkeypatch.delenv(layout.STAGE_ENV, raising=False)
+    p = params.load("params/smoke.yaml").replace(output_dir=str(tmp_path / "smoke"))
+    for path in NOTEBOOKS:
+        assert "layout.notebook_params(params.from_notebook(globals())" in path.read_text(), path.name
+    teacher_lab = layout.notebook_params(p, makes_base_models=True)
+    assert layout.tuned_teacher_dir(teacher_lab) == teacher_lab.run_dir / "teacher" != layout.tuned_teacher_dir(p)
+    assert layout.student_init_dir(teacher_lab).parent == teacher_lab.run_dir
+    lab = layout.notebook_params(p)
+    assert lab.run_dir == teacher_lab.run_dir and layout.tuned_teacher_dir(lab) == layout.tuned_teacher_dir(p)
+    layout.tuned_teacher_dir(teacher_lab).mkdir(parents=True)  # 00_teacher ran by hand with these settings
+    assert layout.tuned_teacher_dir(layout.notebook_params(p)) == layout.tuned_teacher_dir(teacher_lab)
+    run = layout.pipeline_run(lab)
+    assert (run.run_name, run.run_dir, layout.scores_file(run, "teacher")) == \
+        (p.run_name, p.run_dir, layout.scores_file(p, "teacher"))
+    assert layout.pipeline_run(p) == p
+    with pytest.raises(FileNotFoundError, match="01_distill by hand first"):
+        merge.trained_variants(lab)
+    (layout.variant_dir(lab, "distilled") / "best").mkdir(parents=True)
+    assert merge.trained_variants(lab) == ("distilled",) and merge.trained_variants(p) == layout.VARIANTS

@@ -73,7 +73,7 @@ def test_training_checkpoints_persist_and_reports_are_not_cached(reports_inside)
     assert d["teacher"]["wdir"] == "../.." and d["teacher"]["cmd"].startswith("python -m distill stage ")
     code = [x for x in d["report"]["deps"] if "scores" not in x and "speed" not in x]
     assert code == ["lib/distill/core", "lib/distill/kd", "lib/distill/parts", "lib/distill/report", "lib/distill/study",
-                    "notebooks/03_benchmark.py"]
+                    "notebooks/03_benchmark.py", "pipelines/smoke/inputs.json"]
 
 
 def test_stages_depend_on_code_by_layer_never_on_the_pipeline_layer(reports_inside):
@@ -176,9 +176,10 @@ def test_notebook_defaults_are_the_smoke_profile(path):
         assert value == smoke[key], f"{path.name}: {key} = {value!r}, smoke profile has {smoke[key]!r}"
 
 
-def test_dvc_config_links_from_the_cache():
+def test_dvc_config_copies_outputs_out_of_the_cache():
+    """Copies (or reflinks), never hard links: an output edited in place must not edit DVC's cached copy too."""
     config = (ROOT / ".dvc" / "config").read_text()
-    assert 'type = "hardlink,symlink,copy"' in config and "analytics = false" in config
+    assert 'type = "reflink,copy"' in config and "analytics = false" in config
     assert (ROOT / ".dvcignore").exists()
 
 
@@ -215,3 +216,74 @@ def test_a_stage_ends_when_its_run_is_killed():
     run.kill()
     run.wait()
     assert stage.wait(timeout=10) == 137
+
+
+def test_a_run_whose_folders_overlap_another_pipelines_is_refused_with_the_fix(tmp_path, monkeypatch):
+    """Two pipelines writing overlapping folders break every DVC command of the project: refused before writing."""
+    monkeypatch.setattr(paths, "PROJECT_ROOT", tmp_path)
+    monkeypatch.setattr(dvc, "pipeline_dir", lambda p: tmp_path / "pipelines" / p.run_name)
+    other = params.load("params/smoke.yaml", ["run_name=pa", f"output_dir={tmp_path / 'out' / 'pa'}"])
+    (tmp_path / "pipelines" / "pa").mkdir(parents=True)
+    (tmp_path / "pipelines" / "pa" / "params.yaml").write_text(yaml.safe_dump(other.to_dict()))
+    mine = params.load("params/smoke.yaml", ["run_name=pv", f"deploy_dir={tmp_path / 'out' / 'pa' / 'deploy'}"])
+    with pytest.raises(params.ParamsError, match=r"run pv's deploy_dir .* overlaps run pa's output folder .*delete "
+                                                 r"pipelines/pa/ if that run is gone"):
+        dvc.check_no_overlap(mine)
+    dvc.check_no_overlap(params.load("params/smoke.yaml", ["run_name=pv", f"output_dir={tmp_path / 'out' / 'pv'}"]))
+
+
+@pytest.mark.parametrize("key, value, said", [
+    ("output_dir", "artifacts/pa", "the folder of run 'pa'"),
+    ("deploy_dir", "artifacts/pa/deploy", "the folder of run 'pa'"),
+    ("output_dir", "models/mine", "inside the model cache"),
+])
+def test_a_folder_of_another_run_or_the_model_cache_is_refused_at_validation(key, value, said):
+    with pytest.raises(params.ParamsError, match=said):
+        params.load("params/smoke.yaml", ["run_name=pv", f"{key}={value}"])
+    params.load("params/smoke.yaml", ["run_name=pv", f"{key}=artifacts/pv/{key}"])  # its own: fine
+
+
+def test_the_squad_files_are_an_input_of_every_stage(reports_inside, tmp_path, monkeypatch):
+    """By content: another copy of the same bytes changes nothing; one changed row changes the fingerprint every
+    stage depends on."""
+    import gzip
+    import shutil
+
+    from conftest import SQUAD_DIR
+
+    p = _in_project(params.load("params/smoke.yaml"))
+    same = shutil.copytree(SQUAD_DIR, tmp_path / "same")
+    before = dvc.input_fingerprint(p)
+    assert set(before["squad"]) == {"train", "validation"} and all(len(v["md5"]) == 32 for v in before["squad"].values())
+    monkeypatch.setenv("SQUAD_DIR", str(same))
+    assert dvc.input_fingerprint(p) == before
+    with gzip.open(same / "validation.jsonl.gz", "at", encoding="utf-8") as fh:
+        fh.write('{"id": "x", "title": "t", "context": "c", "question": "q", "answers": {"text": ["c"], '
+                 '"answer_start": [0]}}\n')
+    after = dvc.input_fingerprint(p)
+    assert after["squad"]["validation"] != before["squad"]["validation"]
+    assert after["squad"]["train"] == before["squad"]["train"]
+    entries = dvc.dvc_yaml(p)["stages"]
+    inputs = dvc.project_relative(dvc.inputs_file(p), "inputs")
+    readers = {name for name, e in entries.items() if inputs in e["deps"]}
+    assert readers == set(entries)
+
+
+def test_a_stage_whose_code_changed_while_it_ran_is_not_recorded(tmp_path, monkeypatch, capsys):
+    """DVC hashes a stage's dependencies when it ends: a code edit during the stage must fail it (exit 3), so the
+    lock never names code that did not make the outputs and the next run re-runs it."""
+    from distill.pipeline import stage
+
+    monkeypatch.setattr(paths, "PROJECT_ROOT", tmp_path)
+    code = tmp_path / "lib" / "distill" / "parts" / "x.py"
+    code.parent.mkdir(parents=True)
+    code.write_text("A = 1\n")
+    (tmp_path / "notebooks").mkdir()
+    monkeypatch.setattr(stage, "_run", lambda *a: 0)
+    assert stage.main("pipelines/x/params.yaml", "score", "teacher") == 0
+    (tmp_path / "lib" / "distill" / "parts" / "__pycache__").mkdir()
+    monkeypatch.setattr(stage, "_run", lambda *a: (code.parent / "__pycache__" / "x.pyc").write_bytes(b"") and 0)
+    assert stage.main("pipelines/x/params.yaml", "score", "teacher") == 0  # what DVC ignores changes nothing
+    monkeypatch.setattr(stage, "_run", lambda *a: code.write_text("A = 2\n") and 0)
+    assert stage.main("pipelines/x/params.yaml", "score", "teacher") == 3
+    assert "changed while stage score teacher ran" in capsys.readouterr().out

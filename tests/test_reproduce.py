@@ -245,3 +245,45 @@ def test_machine_info_on_this_machine():
     assert info["cuda"] == torch.cuda.is_available()
     json.dumps(info)  # goes into manifest.json as it is
     assert not any(isinstance(v, float) and math.isnan(v) for v in info.values())
+
+
+def _broken(change) -> dict:
+    r = results_json()
+    change(r)
+    return r
+
+
+@pytest.mark.parametrize("change, gap", [
+    (lambda r: r["models"]["teacher"].update(f1="high"), 'teacher: f1 is "high" in run B, not a number'),
+    (lambda r: r["models"].update({"teacher": None}), "teacher: null in run B, not a model's record"),
+    (lambda r: r.update(models={}), "run B records no models"),
+    (lambda r: r["models"].pop("distilled student"), "model 'distilled student' only in run A"),
+    (lambda r: r["models"]["teacher"].pop("answer_loss"), "teacher: answer_loss only in run A"),
+    (lambda r: r["models"]["teacher"].update(predictions=None), "teacher: predictions is null in run B, not a list"),
+    (lambda r: r["models"]["teacher"].update(f1=None), "teacher: f1 is null in run B, not a number"),
+    (lambda r: r.pop("meta"), "run B's results.json has no scoring setup"),
+])
+def test_what_was_not_compared_is_a_difference_named_in_the_first_line(tmp_path, change, gap):
+    """A run with a model, a number or a part missing or not a number never 'agrees', whatever the rest says."""
+    a, b = make_run(tmp_path, "a"), make_run(tmp_path, "b", results=_broken(change))
+    c = reproduce.compare_runs(a, b)
+    assert c.verdict == DIFFER and reproduce.exit_code(c) == 3 and any(gap in g for g in c.gaps), c.gaps
+    first = reproduce.format_comparison(c).splitlines()[0]
+    assert first.startswith("runs a and b cannot be said to agree") and gap in first and "agree exactly" not in first
+
+
+@pytest.mark.parametrize("text, why", [('{"run_name": "b", "status": "o', "unreadable"), ("null", "not a JSON object")])
+def test_a_corrupt_manifest_is_a_difference_not_an_unrecorded_one(tmp_path, text, why):
+    a, b = make_run(tmp_path, "a"), make_run(tmp_path, "b")
+    (b / "manifest.json").write_text(text)
+    c = reproduce.compare_runs(a, b)
+    assert c.verdict == DIFFER and reproduce.exit_code(c) == 3
+    assert any(g.startswith(f"run B's manifest.json is {why}") for g in c.gaps), c.gaps
+    assert "manifest.json is" in reproduce.format_comparison(c).splitlines()[0]
+
+
+def test_an_unreadable_sweep_summary_is_a_difference(tmp_path):
+    a, b = make_run(tmp_path, "a", summary=sweep_summary()), make_run(tmp_path, "b", summary=sweep_summary())
+    (b / "sweeps" / "summary.json").write_text("{")
+    c = reproduce.compare_runs(a, b)
+    assert c.verdict == DIFFER and any("sweeps/summary.json is unreadable" in g for g in c.gaps)

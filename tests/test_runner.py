@@ -123,3 +123,23 @@ def test_ctrl_c_leaves_a_manifest_that_says_interrupted(tmp_path, monkeypatch):
     assert manifest["status"] == "failed" and "interrupted (Ctrl-C)" in manifest["failure"]
     assert manifest["machine"]["cpu_model"]
     assert "Status: <b>failed</b>: interrupted" in (p.report_dir / "index.html").read_text()
+
+
+def test_kernel_socket_folders_of_killed_stages_are_removed_at_the_next_stage(tmp_path):
+    import os
+    import subprocess
+    import time
+
+    from distill.pipeline import runner
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    leftovers = [tmp_path / f"{runner.KERNEL_PREFIX}{dead.pid}-abc", tmp_path / f"{runner.KERNEL_PREFIX}old"]
+    mine = tmp_path / f"{runner.KERNEL_PREFIX}{os.getpid()}-def"
+    recent_old = tmp_path / f"{runner.KERNEL_PREFIX}recent"
+    for folder in (*leftovers, mine, recent_old):
+        (folder / "kernel-1").mkdir(parents=True)
+    day_ago = time.time() - 2 * 86400
+    os.utime(leftovers[1], (day_ago, day_ago))
+    assert sorted(runner.clean_kernel_leftovers(tmp_path)) == sorted(leftovers)
+    assert mine.exists() and recent_old.exists() and not any(f.exists() for f in leftovers)

@@ -1,4 +1,8 @@
-"""End to end: the smoke profile through the DVC pipeline, as `make smoke` runs it, in a fresh copy of the project."""
+"""End to end: the smoke profile through the DVC pipeline, as `make smoke` runs it, in a fresh copy of the project.
+
+The study is built once per session (conftest's `smoke_build`); the tests that read it share it, and every test that
+runs something (a changed key, kills, a sweep, two processes) works on a snapshot of it, so it re-runs only the stages
+its claim needs."""
 import json
 import os
 import re
@@ -12,7 +16,7 @@ from pathlib import Path
 import nbformat
 import pytest
 import yaml
-from conftest import make_project_copy, project_env, run_in_project
+from conftest import project_env, run_in_project
 from transformers import AutoModelForCausalLM
 
 from distill.report import results
@@ -21,26 +25,9 @@ pytestmark = pytest.mark.slow
 RUN = re.compile(r"^Running stage 'pipelines/[^/]+/dvc.yaml:([\w-]+)'", re.M)
 
 
-class Run:
-    """Where the copy's smoke run writes (the same layout as the project's)."""
-    def __init__(self, project: Path, run_name: str = "smoke"):
-        self.project, self.run_name = project, run_name
-        self.report_dir = project / "reports" / run_name
-        self.run_dir = project / "artifacts" / run_name
-
-
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    return make_project_copy(tmp_path_factory.mktemp("smoke") / "project")
-
-
-@pytest.fixture(scope="module")
-def smoke_run(project):
-    res = run_in_project(project, "run", "params/smoke.yaml")
-    run = Run(project)
-    results_file = run.report_dir / "results.json"  # as first made (later tests re-run the study with other keys)
-    run.results = json.loads(results_file.read_text()) if results_file.exists() else None
-    return res, run
+def smoke_run(smoke_build):
+    return smoke_build.result, smoke_build
 
 
 def test_runner_succeeds(smoke_run):
@@ -154,12 +141,16 @@ def _dvc(project, *args):
     return subprocess.run([exe, *args], cwd=project, env=project_env(project), capture_output=True, text=True)
 
 
+def _lock(project, run="smoke"):
+    return yaml.safe_load((project / "pipelines" / run / "dvc.lock").read_text())["stages"]
+
+
 def test_an_unchanged_study_reruns_nothing_and_dvc_status_is_clean(smoke_run):
     _, p = smoke_run
     assert _ran(p.project) == set()
     status = _dvc(p.project, "status", "pipelines/smoke/dvc.yaml")
     assert status.returncode == 0 and "up to date" in status.stdout, status.stdout
-    lock = yaml.safe_load((p.project / "pipelines" / "smoke" / "dvc.lock").read_text())["stages"]
+    lock = _lock(p.project)
     assert len(lock) == 13
     for name, entry in lock.items():
         assert entry.get("outs"), name
@@ -167,9 +158,9 @@ def test_an_unchanged_study_reruns_nothing_and_dvc_status_is_clean(smoke_run):
         assert entry["deps"] and entry["params"], name
 
 
-def test_a_loss_key_reruns_only_the_stages_downstream_of_distillation(smoke_run):
+def test_a_loss_key_reruns_only_the_stages_downstream_of_distillation(smoke_run, tmp_path):
     _, p = smoke_run
-    ran = _ran(p.project, "--set", "temperature=3")
+    ran = _ran(p.snapshot(tmp_path / "project"), "--set", "temperature=3")
     assert ran == {"train-distilled", "merge", "score-distilled", "speed-distilled", "report"}
 
 
@@ -183,24 +174,34 @@ def _wait_for(predicate, proc, timeout=600):
         time.sleep(0.05)
 
 
-def test_kill_during_training_resumes_to_the_same_result_and_a_second_run_is_refused(smoke_run):
+def _start(project, *args, env=None):
+    return subprocess.Popen([sys.executable, "-m", "distill", "run", "params/smoke.yaml", *args], cwd=project,
+                            env=env or project_env(project), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def _holds_the_lock(project, proc):
+    lock = project / ".dvc" / "tmp" / "distill-run-smoke.lock"
+    return lambda: lock.exists() and lock.read_text().startswith(f"pid {proc.pid},")
+
+
+def test_kill_during_training_resumes_to_the_same_result_and_a_second_run_is_refused(smoke_run, tmp_path):
     """kill -9 the whole run while the distilled student trains, after its first checkpoint; run it again."""
     _, p = smoke_run
-    kill = Run(p.project, "smoke_kill")
-    args = ["--set", "run_name=smoke_kill", "--set", "max_steps=30", "--set", "recovery_steps=0",
-            "--set", "teacher_finetune=false", "--only", "train-distilled"]
-    proc = subprocess.Popen([sys.executable, "-m", "distill", "run", "params/smoke.yaml", *args], cwd=p.project,
-                            env=project_env(p.project), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    students = kill.run_dir / "students" / "distilled"
-    _wait_for(lambda: (p.project / "pipelines" / "smoke_kill" / "params.yaml").exists(), proc)  # it holds the lock
-    second = run_in_project(p.project, "run", "params/smoke.yaml", *args, timeout=120)
-    assert second.returncode == 2 and "run smoke_kill is already running" in second.stderr, second.stderr
+    project = p.snapshot(tmp_path / "project")
+    args = ["--set", "max_steps=30", "--set", "recovery_steps=0", "--only", "train-distilled"]
+    students = project / "artifacts" / "smoke" / "students" / "distilled"
+    shutil.rmtree(students)  # the build's 4-step student: this run trains its own from step 0
+    proc = _start(project, *args)
+    _wait_for(_holds_the_lock(project, proc), proc)
+    second = run_in_project(project, "run", "params/smoke.yaml", *args, timeout=120)
+    assert second.returncode == 2 and "run smoke is already running" in second.stderr, second.stderr
     _wait_for(lambda: (students / "checkpoint-2" / "trainer_state.json").exists(), proc)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.communicate()
     assert not (students / "best").exists(), "training finished before the kill: the test proves nothing"
-    assert json.loads((kill.report_dir / "manifest.json").read_text())["status"] == "running"  # never a stale "ok"
+    manifest = project / "reports" / "smoke" / "manifest.json"
+    assert json.loads(manifest.read_text())["status"] == "running"  # never a stale "ok"
     # what a kill during a checkpoint save leaves: a later checkpoint without its state and with a 0-byte optimizer
     half = students / "checkpoint-900"
     complete = max((c for c in students.glob("checkpoint-*") if (c / "trainer_state.json").exists()),
@@ -209,19 +210,18 @@ def test_kill_during_training_resumes_to_the_same_result_and_a_second_run_is_ref
     (half / "trainer_state.json").unlink()
     (half / "optimizer.pt").write_bytes(b"")
 
-    resumed = run_in_project(p.project, "run", "params/smoke.yaml", *args)
+    resumed = run_in_project(project, "run", "params/smoke.yaml", *args)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    ran = set(RUN.findall(resumed.stdout))
-    assert "teacher" not in ran and "train-distilled" in ran
-    executed = (kill.run_dir / "executed" / "01_distill.ipynb").read_text()
+    assert set(RUN.findall(resumed.stdout)) == {"train-distilled"}
+    executed = (project / "artifacts" / "smoke" / "executed" / "01_distill.ipynb").read_text()
     assert "resuming distilled from checkpoint-" in executed and "checkpoint-900" not in executed
     assert not half.exists()
-    assert json.loads((kill.report_dir / "manifest.json").read_text())["status"] == "ok"
-    history = json.loads((kill.report_dir / "log_history_distilled.json").read_text())
+    assert json.loads(manifest.read_text())["status"] == "ok"
+    history = json.loads((project / "reports" / "smoke" / "log_history_distilled.json").read_text())
 
-    fresh = run_in_project(p.project, "run", "params/smoke.yaml", *args, "--set", "resume=false", "--force")
+    fresh = run_in_project(project, "run", "params/smoke.yaml", *args, "--set", "resume=false", "--force")
     assert fresh.returncode == 0, fresh.stdout[-3000:] + fresh.stderr[-3000:]
-    again = json.loads((kill.report_dir / "log_history_distilled.json").read_text())
+    again = json.loads((project / "reports" / "smoke" / "log_history_distilled.json").read_text())
     evals = [(e["step"], e["eval_loss"]) for e in history if "eval_loss" in e]
     fresh_evals = [(e["step"], e["eval_loss"]) for e in again if "eval_loss" in e]
     assert [s for s, _ in evals] == [s for s, _ in fresh_evals] == list(range(2, 31, 2))
@@ -233,94 +233,105 @@ QUALITY = ("exact_match", "f1", "answer_loss", "top1_accuracy", "params_m", "n_e
 
 
 def test_kills_anywhere_then_the_same_command_from_a_cold_cache_equal_the_uninterrupted_run(smoke_run, tmp_path):
-    """kill -9 during teacher preparation, the merge and the report; each time run the same command again. The run
-    builds its own tiny models in an empty model cache (the uninterrupted run found them built): the results must
-    not depend on either."""
+    """kill -9 during teacher preparation, the merge and the report; each time run the same command again. The
+    stages start from an empty model cache (the build found the tiny models built): each re-made output must be
+    byte for byte the build's, so DVC re-runs nothing downstream, and the results equal the uninterrupted run's."""
     _, p = smoke_run
-    name = "smoke_killed"
-    killed = Run(p.project, name)
-    env = {**project_env(p.project), "DISTILL_MODELS_DIR": str(tmp_path / "cold_models")}
-    cmd = [sys.executable, "-m", "distill", "run", "params/smoke.yaml", "--set", f"run_name={name}"]
-    executed = killed.run_dir / "executed"
+    project = p.snapshot(tmp_path / "project")
+    killed = ("teacher", "merge", "report")
+    for stage in killed:  # their outputs gone: the run must make them again
+        for out in p.lock[stage]["outs"]:
+            target = project / out["path"]
+            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+    env = {**project_env(project), "DISTILL_MODELS_DIR": str(tmp_path / "cold_models")}
+    report_dir, executed = project / "reports" / "smoke", project / "artifacts" / "smoke" / "executed"
     points = [("teacher preparation", lambda: (executed / ".00_teacher.partial.ipynb").exists()),
               ("merge", lambda: (executed / ".02_merge.partial.ipynb").exists()),
               ("report", lambda: (executed / ".03_benchmark.partial.ipynb").exists())]
     for what, started in points:
-        proc = subprocess.Popen(cmd, cwd=p.project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, start_new_session=True)
+        proc = _start(project, env=env)
         _wait_for(started, proc)
         time.sleep(1.0)
         os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        manifest = json.loads((killed.report_dir / "manifest.json").read_text())
+        out, _ = proc.communicate()
+        assert set(RUN.findall(out)) <= set(killed), out[-2000:]
+        manifest = json.loads((report_dir / "manifest.json").read_text())
         assert manifest["status"] == "running", f"after a kill during {what}: {manifest['status']}"
-        assert "index.html" in os.listdir(killed.report_dir)
-    final = subprocess.run(cmd, cwd=p.project, env=env, capture_output=True, text=True, timeout=900)
+        assert "index.html" in os.listdir(report_dir)
+    final = subprocess.run([sys.executable, "-m", "distill", "run", "params/smoke.yaml"],
+                           cwd=project, env=env, capture_output=True, text=True, timeout=900)
     assert final.returncode == 0, final.stdout[-3000:] + final.stderr[-3000:]
-    assert json.loads((killed.report_dir / "manifest.json").read_text())["status"] == "ok"
-    ours = json.loads((killed.report_dir / "results.json").read_text())["models"]
-    uninterrupted = p.results["models"]
-    for model, row in uninterrupted.items():
+    assert set(RUN.findall(final.stdout)) <= set(killed), final.stdout[-2000:]
+    assert json.loads((report_dir / "manifest.json").read_text())["status"] == "ok"
+    lock = _lock(project)
+    kept = lambda outs: {o["path"]: o["md5"] for o in outs  # noqa: E731 (models, checkpoints, scores; not pages)
+                         if o["path"].startswith("artifacts/") and "/executed/" not in o["path"]}
+    for stage, entry in p.lock.items():  # the same bytes as the build's
+        assert kept(lock[stage]["outs"]) == kept(entry["outs"]), stage
+    ours = json.loads((report_dir / "results.json").read_text())["models"]
+    for model, row in p.results["models"].items():
         for key in QUALITY:
-            assert ours[model][key] == pytest.approx(row[key], rel=1e-6, abs=1e-6), (model, key)
+            assert ours[model][key] == row[key], (model, key)
         assert ours[model]["raw_generations"] == row["raw_generations"], model
-    leftovers = [f for f in killed.run_dir.rglob(".*") if f.is_dir() and re.search(r"\.\d+\.", f.name)]
+    leftovers = [f for f in (project / "artifacts" / "smoke").rglob(".*") if f.is_dir() and re.search(r"\.\d+\.", f.name)]
     assert not leftovers, f"temporary folders of killed builds were left: {leftovers}"
     assert not list(executed.glob(".*.partial.ipynb"))
+    assert list((tmp_path / "cold_models").iterdir()), "the stages did not use the empty model cache"
 
 
-def test_seed_sweep_trains_scores_and_summarises_from_the_runs_models(smoke_run):
+def test_seed_sweep_trains_scores_and_summarises_from_the_runs_models(smoke_run, tmp_path):
     _, p = smoke_run
+    project = p.snapshot(tmp_path / "project")
+    run_dir, report_dir = project / "artifacts" / "smoke", project / "reports" / "smoke"
     args = ["sweep", "params/smoke.yaml", "--name", "t", "--seeds", "0,1", "--questions", "4", "--reference",
             "t/ce_baseline"]
-    out = run_in_project(p.project, *args)
+    out = run_in_project(project, *args)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     ran = set(RUN.findall(out.stdout))
     assert {"sweep-t-seed0-distilled", "sweep-t-seed1-ce_baseline", "sweep-score-teacher", "sweep-summary"} <= ran
-    scores = {(seed, v): json.loads((p.run_dir / "sweeps" / "t" / f"seed{seed}" / "scores" / f"{v}_4q.json").read_text())
+    assert not ran & (set(p.lock) - {"report"}), "a sweep re-ran a stage of the base run (its page shows the sweep)"
+    scores = {(seed, v): json.loads((run_dir / "sweeps" / "t" / f"seed{seed}" / "scores" / f"{v}_4q.json").read_text())
               for seed in (0, 1) for v in ("distilled", "ce_baseline")}
     assert all(s["n_examples"] == 4 and s["answer_loss"] > 0 for s in scores.values())
     # the seed moves training: the two seeds' students differ
     assert scores[(0, "distilled")]["answer_loss"] != scores[(1, "distilled")]["answer_loss"]
-    summary = (p.report_dir / "sweeps" / "summary.txt").read_text()
+    summary = (report_dir / "sweeps" / "summary.txt").read_text()
     assert re.search(r"^t/distilled +t/ce_baseline +2 ", summary, re.M) and "reference/teacher" in summary
-    assert (p.report_dir / "sweeps" / "seed_scores.png").stat().st_size > 5000
-    lock = yaml.safe_load((p.project / "pipelines" / "smoke" / "dvc.lock").read_text())["stages"]
-    teacher_md5 = next(o["md5"] for o in lock["teacher"]["outs"] if o["path"].endswith("/teacher"))
+    assert (report_dir / "sweeps" / "seed_scores.png").stat().st_size > 5000
+    teacher_md5 = next(o["md5"] for o in p.lock["teacher"]["outs"] if o["path"].endswith("/teacher"))
     assert f"Base models (tuned teacher and pruned student, from dvc.lock): {teacher_md5[:8]}" in summary
-    assert json.loads((p.report_dir / "sweeps" / "summary.json").read_text())["base_models"] == teacher_md5[:8]
-    # a second call trains and scores nothing; one more seed trains only that seed
-    again = run_in_project(p.project, *args)
+    assert json.loads((report_dir / "sweeps" / "summary.json").read_text())["base_models"] == teacher_md5[:8]
+    # a second call trains and scores nothing
+    again = run_in_project(project, *args)
     assert again.returncode == 0 and not RUN.findall(again.stdout)
     # one more seed: DVC finds only that seed's stages (and the summary) out of date (running them is the same
     # `dvc repro` as above)
-    registry = p.project / "pipelines" / "smoke" / "sweeps.yaml"
+    registry = project / "pipelines" / "smoke" / "sweeps.yaml"
     reg = yaml.safe_load(registry.read_text())
     reg["sweeps"]["t"]["seeds"].append(2)
     registry.write_text(yaml.safe_dump(reg, sort_keys=False))
-    written = run_in_project(p.project, "pipeline", "pipelines/smoke/params.yaml")  # the run as its sweeps have it
+    written = run_in_project(project, "pipeline", "pipelines/smoke/params.yaml")  # the run as its sweeps have it
     assert written.returncode == 0, written.stderr[-2000:]
-    status = _dvc(p.project, "status", "pipelines/smoke/dvc.yaml")
+    status = _dvc(project, "status", "pipelines/smoke/dvc.yaml")
     stale = set(re.findall(r"^(?:\S+dvc\.yaml:)?([\w-]+):\s*$", status.stdout, re.M))
     assert stale == {"sweep-t-seed2-distilled", "sweep-t-seed2-ce_baseline", "sweep-score-t-seed2-distilled",
                      "sweep-score-t-seed2-ce_baseline", "sweep-summary"}, status.stdout
-    reg["sweeps"]["t"]["seeds"].remove(2)  # as it was, for the tests that follow
-    registry.write_text(yaml.safe_dump(reg, sort_keys=False))
 
 
-def test_a_cached_teacher_is_paid_once_per_example(smoke_run):
+def test_a_cached_teacher_is_paid_once_per_example(smoke_run, tmp_path):
     """The cache stage computes each example once; a sweep's new seed reuses what earlier runs cached."""
     _, p = smoke_run
-    args = ["--set", "run_name=smoke_cache", "--set", "teacher_cache=topk", "--set", "recovery_steps=0",
-            "--set", "beta_mse=0"]
-    first = run_in_project(p.project, "run", "params/smoke.yaml", *args, "--only", "train-distilled")
+    project = p.snapshot(tmp_path / "project")
+    args = ["--set", "teacher_cache=topk", "--set", "recovery_steps=0", "--set", "beta_mse=0"]
+    first = run_in_project(project, "run", "params/smoke.yaml", *args, "--only", "train-distilled")
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "teacher" not in RUN.findall(first.stdout)  # the cache is filled from the run's own tuned teacher
     line = next(x for x in first.stdout.splitlines() if "teacher cache:" in x)
     assert re.search(r": 0 from the cache, [1-9]\d* computed by the teacher", line), line
-    nb = nbformat.read(p.project / "artifacts" / "smoke_cache" / "executed" / "01_distill.ipynb", as_version=4)
+    nb = nbformat.read(project / "artifacts" / "smoke" / "executed" / "01_distill.ipynb", as_version=4)
     printed = json.dumps([o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])])
     assert "teacher targets: topk (k = 16)" in printed and "teacher (as loaded)" not in printed  # no live teacher
-    more = run_in_project(p.project, "sweep", "pipelines/smoke_cache/params.yaml", "--name", "c", "--seeds", "1",
+    more = run_in_project(project, "sweep", "pipelines/smoke/params.yaml", "--name", "c", "--seeds", "1",
                           "--variants", "distilled", "--questions", "4", "--reference", "c/distilled")
     assert more.returncode == 0, more.stdout[-3000:] + more.stderr[-3000:]
     line = next(x for x in more.stdout.splitlines() if "teacher cache:" in x)
@@ -329,23 +340,60 @@ def test_a_cached_teacher_is_paid_once_per_example(smoke_run):
     assert "train-distilled" not in RUN.findall(more.stdout)  # the run's own student stays up to date
 
 
-def test_the_notebook_trains_on_two_launched_processes_through_the_pipeline(smoke_run):
+def test_the_notebook_trains_on_two_launched_processes_through_the_pipeline(smoke_run, tmp_path):
     """01_distill with num_processes 2: the DVC stage's kernel launches the ranks, streams their progress and draws
     the page from rank 0's record (the equality with one process is tests/test_distributed.py's)."""
     _, p = smoke_run
-    # the teacher as it is (no tuning) keeps the stage before training short; recovery is tested elsewhere
-    args = ["--set", "run_name=smoke_ddp", "--set", "num_processes=2", "--set", "batch_size=2", "--set",
-            "teacher_finetune=false", "--set", "recovery_steps=0"]
-    ran = run_in_project(p.project, "run", "params/smoke.yaml", *args, "--only", "train-distilled")
+    project = p.snapshot(tmp_path / "project")
+    args = ["--set", "num_processes=2", "--set", "batch_size=2", "--set", "recovery_steps=0"]
+    ran = run_in_project(project, "run", "params/smoke.yaml", *args, "--only", "train-distilled")
     assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
+    assert set(RUN.findall(ran.stdout)) == {"train-distilled"}
     said = ran.stdout + ran.stderr
     assert "launching 2 processes: accelerate launch --config_file configs/accelerate/ddp_cpu.yaml" in said
-    assert re.search(r"\[smoke_ddp distilled\] step 4/4: eval loss", said)  # progress streamed, once per step
-    assert len(re.findall(r"\[smoke_ddp distilled\] step 4/4: eval loss", said)) == 1
-    nb = nbformat.read(p.project / "artifacts" / "smoke_ddp" / "executed" / "01_distill.ipynb", as_version=4)
+    assert len(re.findall(r"\[smoke distilled\] step 4/4: eval loss", said)) == 1  # streamed, once per step
+    nb = nbformat.read(project / "artifacts" / "smoke" / "executed" / "01_distill.ipynb", as_version=4)
     printed = json.dumps([o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])])
     assert "trained on 2 processes" in printed and "the live teacher, loaded by each of the 2 processes" in printed
-    history = json.loads((p.project / "reports" / "smoke_ddp" / "log_history_distilled.json").read_text())
+    history = json.loads((project / "reports" / "smoke" / "log_history_distilled.json").read_text())
     assert [e["step"] for e in history if "eval_loss" in e] == [2, 4]
-    page = (p.project / "reports" / "smoke_ddp" / "01_distill.html").read_text()
+    page = (project / "reports" / "smoke" / "01_distill.html").read_text()
     assert "per process on 2 processes (4 examples per step)" in page and "kept checkpoint" in page
+
+
+def test_another_squad_copy_is_named_by_status_and_the_same_bytes_elsewhere_are_not(smoke_run, tmp_path):
+    """The data is an input: status names the changed fingerprint for every stage; a copy of the same files under
+    another path is up to date."""
+    import gzip
+
+    from conftest import SQUAD_DIR
+
+    _, p = smoke_run
+    project = p.snapshot(tmp_path / "project")
+    same = shutil.copytree(SQUAD_DIR, tmp_path / "same")
+    env = {**project_env(project), "SQUAD_DIR": str(same)}
+    said = subprocess.run([sys.executable, "-m", "distill", "status", "params/smoke.yaml"], cwd=project, env=env,
+                          capture_output=True, text=True)
+    assert said.returncode == 0 and "up to date" in said.stdout, said.stdout + said.stderr
+    with gzip.open(same / "train.jsonl.gz", "at", encoding="utf-8") as fh:
+        fh.write('{"id": "x", "title": "t", "context": "c d", "question": "q", "answers": {"text": ["d"], '
+                 '"answer_start": [2]}}\n')
+    said = subprocess.run([sys.executable, "-m", "distill", "status", "params/smoke.yaml"], cwd=project, env=env,
+                          capture_output=True, text=True)
+    stale = set(re.findall(r"^(?:\S+dvc\.yaml:)?([\w-]+):\s*$", said.stdout, re.M))
+    assert stale == set(p.lock) and "pipelines/smoke/inputs.json" in said.stdout, said.stdout
+
+
+def test_an_output_edited_in_place_leaves_the_cache_whole_and_the_run_restores_it(smoke_run, tmp_path):
+    import hashlib
+
+    _, p = smoke_run
+    project = p.snapshot(tmp_path / "project")
+    out = next(o for o in p.lock["score-teacher"]["outs"] if o["path"].endswith("scores/teacher.json"))
+    with open(project / out["path"], "a", encoding="utf-8") as fh:  # in place, as an editor or a script would
+        fh.write(" ")
+    cached = project / ".dvc" / "cache" / "files" / "md5" / out["md5"][:2] / out["md5"][2:]
+    assert hashlib.md5(cached.read_bytes()).hexdigest() == out["md5"], "the edit reached DVC's cache"
+    ran = _ran(project)
+    assert ran <= {"score-teacher", "report"}, ran  # restored from DVC's run cache or re-run, nothing else
+    assert hashlib.md5((project / out["path"]).read_bytes()).hexdigest() == out["md5"]

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
+
+import yaml
 
 from distill.core import paths, procs
 from distill.core.params import ParamsError, help_table, load, parse_overrides
@@ -15,8 +18,36 @@ from distill.pipeline.preflight import PreflightError
 from distill.report import reproduce
 from distill.study import sweep
 
+# set to see the traceback behind a command's one-line error
+TRACEBACK_ENV = "DISTILL_TRACEBACK"
+
 
 def main(argv: list[str] | None = None) -> int:
+    """Every command answers bad input with one line on stderr and a non-zero exit, never a traceback (except the
+    internal `stage` and `train-student`, whose tracebacks are the record of a failed stage in DVC's log)."""
+    internal = bool({"stage", "train-student"} & set((argv if argv is not None else sys.argv[1:])[:1]))
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # piped into a command that closed early (`| head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the final flush would raise again
+        return 1
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as err:
+        what = {FileNotFoundError: "does not exist", IsADirectoryError: "is a folder, not a file",
+                NotADirectoryError: "is not a folder"}[type(err)]
+        print(f"error: {err.filename or err} {what}; check the path given", file=sys.stderr)
+        return 2
+    except (ValueError, yaml.YAMLError, UnicodeDecodeError) as err:  # a file given that is not what it should be
+        print(f"error: {' '.join(str(err).split())[:600]}", file=sys.stderr)
+        return 2
+    except Exception as err:  # noqa: BLE001 (a user sees one line; DISTILL_TRACEBACK=1 shows the rest)
+        if internal or os.environ.get(TRACEBACK_ENV):
+            raise
+        print(f"error: {type(err).__name__}: {' '.join(str(err).split())[:600]} (set {TRACEBACK_ENV}=1 to see "
+              "where)", file=sys.stderr)
+        return 1
+
+
+def _main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m distill", description="distill-study: run and check the study")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="validate a params file, then run the notebooks and render reports/<run>/")

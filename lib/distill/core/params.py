@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import reprlib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +35,7 @@ def _f(default: Any, help: str, **check: Any) -> Any:
 class StudyParams:
     # --- the run -------------------------------------------------------------------------
     run_name: str = _f("smoke", "names the report folder reports/<run_name> and artifacts/<run_name>")
-    seed: int = _f(0, "seed for data subsets, windows, init and training", min=0)
+    seed: int = _f(0, "seed for data subsets, windows, init and training", min=0, max=2**32 - 1)  # NumPy seeds are 32-bit
     device: Literal["auto", "cpu", "cuda"] = _f("auto", "where models run; auto = cuda if available")
     torch_threads: int = _f(0, "CPU threads for torch; 0 = one per free core (never oversubscribe)", min=0)
     output_dir: str = _f("", "artifacts folder of the run; empty = artifacts/<run_name>")
@@ -153,6 +154,7 @@ class StudyParams:
             for key in ("output_dir", "deploy_dir"):
                 if getattr(self, key):
                     paths.check_output_folder(key, getattr(self, key))
+                    paths.check_run_folder(key, getattr(self, key), self.run_name, self.base_run_dir)
         except ValueError as err:
             raise ParamsError(str(err)) from None
         if self.alpha_ce == 0 and self.gamma_kl == 0 and self.beta_mse == 0:
@@ -237,7 +239,7 @@ def _describe(tp: Any) -> str:
 
 
 def _check_type(name: str, value: Any, tp: Any) -> Any:
-    bad = ParamsError(f"{name}: got {value!r} ({type(value).__name__}); expected {_describe(tp)}")
+    bad = ParamsError(f"{name}: got {reprlib.repr(value)} ({type(value).__name__}); expected {_describe(tp)}")
     origin = typing.get_origin(tp)
     if origin is Literal:
         if value not in typing.get_args(tp):
@@ -321,9 +323,30 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+MAX_YAML_NODES = 100_000  # a params file is tens of values; aliases of aliases can expand to billions
+
+
+def _count_nodes(value: Any, limit: int) -> int:
+    """Values in `value`, counted until `limit` (aliases counted every time they appear, as the loaded value
+    repeats them); stops early, so an exponential expansion costs nothing."""
+    count, stack = 0, [value]
+    while stack and count < limit:
+        v = stack.pop()
+        count += 1
+        if isinstance(v, dict):
+            stack.extend(v.values())
+        elif isinstance(v, (list, tuple)):
+            stack.extend(v)
+    return count
+
+
 def _read_yaml(text: str, where: str) -> Any:
     try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        value = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        if _count_nodes(value, MAX_YAML_NODES) >= MAX_YAML_NODES:
+            raise ParamsError(f"expands to more than {MAX_YAML_NODES:,} values (aliases of aliases?); a params file "
+                              "holds tens: write the values out")
+        return value
     except ParamsError as err:
         raise ParamsError(f"{where}: {err}") from None
     except yaml.YAMLError as err:

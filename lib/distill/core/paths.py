@@ -156,6 +156,24 @@ def check_output_folder(key: str, value: str) -> Path:
     return folder
 
 
+def check_run_folder(key: str, value: str, run_name: str, base_run_dir: str = "") -> None:
+    """A run's output folder is its own: never in the model cache, and under artifacts/ only in artifacts/<run_name>
+    (a sweep's or a grid's seed run: inside its base run's folder), so no run writes into another's."""
+    folder = resolve(value).resolve()
+    for models in dict.fromkeys((MODELS_DIR.resolve(), (PROJECT_ROOT / "models").resolve())):
+        if folder == models or models in folder.parents:
+            raise ValueError(f"{key}: {value!r} is inside the model cache {shown(models)}/; name a folder of this "
+                             f"run's own, e.g. artifacts/{run_name}")
+    base = resolve(base_run_dir).resolve() if base_run_dir else None
+    if base is not None and (folder == base or base in folder.parents):
+        return
+    for artifacts in dict.fromkeys((ARTIFACTS_DIR.resolve(), (PROJECT_ROOT / "artifacts").resolve())):
+        if artifacts in folder.parents and folder.relative_to(artifacts).parts[0] != run_name:
+            owner = folder.relative_to(artifacts).parts[0]
+            raise ValueError(f"{key}: {value!r} lies in {shown(artifacts / owner)}/, the folder of run {owner!r}; "
+                             f"runs never share folders: use artifacts/{run_name} (or a folder outside artifacts/)")
+
+
 def hash_config(obj: Any) -> str:
     """A short, stable name for a JSON-able description (cache folders, training keys)."""
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]

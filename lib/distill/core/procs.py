@@ -65,3 +65,17 @@ LAUNCHER_PID_ENV = "DISTILL_LAUNCHER_PID"  # a rank ends when the process that l
 def follow_launcher() -> None:
     """In a rank: exit when the launching kernel or stage dies (it was started in its own session)."""
     die_with(int(os.environ.get(LAUNCHER_PID_ENV, "0") or 0))
+
+
+def alive(pid: int) -> bool:
+    """Whether a process with this id exists (a zombie counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][:1] != "Z"
+    except (OSError, IndexError):
+        return True

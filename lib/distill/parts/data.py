@@ -89,6 +89,11 @@ def _local_file(folder: Path, split: str) -> Path | None:
     return None
 
 
+def squad_files(folder: Path) -> dict[str, Path | None]:
+    """{split: the file the study reads from a local SQuAD folder (None: not there)}."""
+    return {split: _local_file(folder, split) for split in SPLITS}
+
+
 def _unreadable(path: Path, err: OSError) -> SquadDataError:
     if isinstance(err, PermissionError):
         fix = f"make it readable (chmod a+r {path}) or point squad_dir at a readable copy"

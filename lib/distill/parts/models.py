@@ -5,9 +5,11 @@ Where a model comes from is `sources`; cutting a student from a teacher is `prun
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from distill.core import paths
@@ -24,12 +26,16 @@ def free_cores() -> int:
 
 
 def setup_torch(seed: int, threads: int = 0) -> None:
-    """Seed everything and cap torch's threads at the free cores (oversubscription is 10x slower)."""
-    from transformers import set_seed  # heavy (the model stack): loaded where a model is
+    """Seed everything and cap torch's threads at the free cores (oversubscription is 10x slower).
+
+    The seeding is transformers.set_seed's (Python, NumPy, torch on every device), without importing it: its module
+    pulls in peft and bitsandbytes, 4 s of CPU in every stage process that never uses them."""
     from transformers.utils import logging as hf_logging  # heavy (the model stack): loaded where a model is
 
     torch.set_num_threads(threads or free_cores())
-    set_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # and every CUDA device's generator
     hf_logging.disable_progress_bar()  # per-tensor load bars drown the reports
     hf_logging.set_verbosity_error()
 

@@ -37,7 +37,14 @@ def dev_subset(rows: list[dict[str, Any]], ids: list[str]) -> dict[str, Any]:
 
 
 def write_dev_subset(results_json: Path, out: Path, squad_dir: str = "") -> int:
-    ids = json.loads(Path(results_json).read_text(encoding="utf-8"))["meta"]["question_ids"]
+    try:
+        ids = json.loads(Path(results_json).read_text(encoding="utf-8"))["meta"]["question_ids"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{results_json}: not a study's results.json (no meta.question_ids: {err!r}); give "
+                         "reports/<run>/results.json") from None
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise ValueError(f"{results_json}: meta.question_ids is not a list of question ids; give "
+                         "reports/<run>/results.json")
     subset = dev_subset(load_squad("validation", squad_dir), ids)
     paths.write_text_atomic(Path(out), json.dumps(subset))
     return len(ids)

@@ -110,3 +110,24 @@ def _check_same_weights(a, b) -> None:
             raise RuntimeError(f"GGUF conversion lost or changed weight {k}")
 
 
+def check_safetensors(folder: Path) -> list[str]:
+    """The tensor names of a model folder's safetensors files, each checked whole: a readable header whose tensors
+    end where the file ends (a copy cut short, or another file under the name, is a ModelSpecError naming it)."""
+    names: list[str] = []
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        size = f.stat().st_size
+        try:
+            with open(f, "rb") as fh:
+                n = int.from_bytes(fh.read(8), "little")
+                if n <= 0 or 8 + n > size:
+                    raise ValueError("no readable header")
+                header = json.loads(fh.read(n))
+            ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+        except (OSError, ValueError, KeyError, TypeError, IndexError) as err:
+            raise ModelSpecError(f"{f} is not a whole safetensors file ({err}); save the model again "
+                                 "(save_pretrained) or copy it again") from None
+        if 8 + n + max(ends, default=0) != size:
+            raise ModelSpecError(f"{f} is {size} bytes but its header says {8 + n + max(ends, default=0)}: cut short "
+                                 "or changed; save the model again (save_pretrained) or copy it again")
+        names += [k for k in header if k != "__metadata__"]
+    return names

@@ -14,6 +14,8 @@ params under the first.
 from __future__ import annotations
 
 import fcntl
+import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -26,8 +28,8 @@ from typing import Any, Iterator
 import yaml
 
 from distill.core import paths, procs
-from distill.core.params import StudyParams, from_mapping
-from distill.parts import teacher_cache
+from distill.core.params import ParamsError, StudyParams, from_mapping
+from distill.parts import data, teacher_cache
 from distill.report import sweeps
 from distill.report.results import METRICS
 from distill.study import capacity, sweep
@@ -56,6 +58,16 @@ from distill.study.layout import (
 LIB = "lib/distill"
 ENGINE = [f"{LIB}/{layer}" for layer in ("core", "kd", "parts", "study")]
 REPORT = [*ENGINE, f"{LIB}/report"]
+
+
+def code_digest() -> str:
+    """One hash of every file of the code any stage depends on (the layer folders and the notebooks), as DVC sees
+    them (no __pycache__): taken when a stage starts and again before DVC records it."""
+    digest = hashlib.md5()
+    roots = [paths.PROJECT_ROOT / d for d in REPORT] + [paths.PROJECT_ROOT / "notebooks"]
+    for f in sorted(x for root in roots for x in root.rglob("*") if x.is_file() and "__pycache__" not in x.parts):
+        digest.update(f.relative_to(paths.PROJECT_ROOT).as_posix().encode() + b"\0" + f.read_bytes())
+    return digest.hexdigest()
 
 
 def notebook_code(notebook: str) -> list[str]:
@@ -308,11 +320,12 @@ def dvc_yaml(p: StudyParams) -> dict[str, Any]:
     here = pipeline_dir(p)
     wdir = os.path.relpath(paths.PROJECT_ROOT, here)
     params_rel = project_relative(params_file(p), "params file")
+    inputs_rel = project_relative(inputs_file(p), "params file")
     out: dict[str, Any] = {}
     for s in stages(p):
         entry: dict[str, Any] = {"wdir": wdir,
                                  "cmd": " ".join(["python -m distill stage", params_rel, *s.args]),
-                                 "deps": sorted(set(s.deps)),
+                                 "deps": sorted({*s.deps, inputs_rel}),  # every stage: data outside the project
                                  "params": [{params_rel: sorted(set(s.params))}, *({f: k} for f, k in
                                                                                   s.extra_params.items())]}
         outs: list[Any] = list(s.outs)
@@ -342,11 +355,59 @@ def pipeline_texts(p: StudyParams) -> tuple[str, str]:
 def write_pipeline(p: StudyParams) -> Path:
     """Write pipelines/<run>/params.yaml and dvc.yaml (rewritten only when their text changes)."""
     here = pipeline_dir(p)
+    check_no_overlap(p)
     dvc_text, params_text = pipeline_texts(p)
-    for path, text in ((params_file(p), params_text), (here / "dvc.yaml", dvc_text)):
+    inputs_text = json.dumps(input_fingerprint(p), indent=1) + "\n"
+    for path, text in ((params_file(p), params_text), (inputs_file(p), inputs_text), (here / "dvc.yaml", dvc_text)):
         if not path.exists() or path.read_text(encoding="utf-8") != text:
             paths.write_text_atomic(path, text)
     return here / "dvc.yaml"
+
+
+def inputs_file(p: StudyParams) -> Path:
+    """pipelines/<run>/inputs.json: what the run's stages read from outside the project, by content."""
+    return pipeline_dir(p) / "inputs.json"
+
+
+def input_fingerprint(p: StudyParams) -> dict[str, Any]:
+    """The SQuAD files the run reads, by size and MD5 (not by folder: another path to the same bytes changes
+    nothing). Every stage that reads data depends on inputs.json, so another copy of SQuAD makes `status` name it and
+    `run` re-run what reads it."""
+    folder = data.resolve_squad_dir(p.squad_dir)
+    if folder is None:
+        return {"squad": "the hub's rajpurkar/squad (not hashed: fetched by name)"}
+    out: dict[str, Any] = {}
+    for split, f in data.squad_files(folder).items():
+        if f is None:
+            raise data.DataUnavailableError(f"{folder}: no {split} split; point squad_dir (or $SQUAD_DIR) at a "
+                                            "folder holding train and validation JSON Lines")
+        digest = hashlib.md5()
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        out[split] = {"file": f.name, "bytes": f.stat().st_size, "md5": digest.hexdigest()}
+    return {"squad": out}
+
+
+def check_no_overlap(p: StudyParams) -> None:
+    """DVC refuses every pipeline of the project once two of them write overlapping folders: say it before writing
+    this run's pipeline, naming the other run and the fix (ParamsError)."""
+    mine = {"output folder": p.run_dir.resolve(), "deploy_dir": p.deploy_path.resolve()}
+    for other_file in sorted(pipeline_dir(p).parent.glob("*/params.yaml")):
+        if other_file.parent.name == p.run_name:
+            continue
+        try:
+            other = read_params(other_file)
+        except (OSError, ValueError, yaml.YAMLError):
+            continue  # a broken pipeline of another run is that run's to mend; DVC names it if it is in the way
+        theirs = {"output folder": other.run_dir.resolve(), "deploy_dir": other.deploy_path.resolve()}
+        for what, a in mine.items():
+            for their_what, b in theirs.items():
+                if a == b or a in b.parents or b in a.parents:
+                    raise ParamsError(f"run {p.run_name}'s {what} {paths.shown(a)} overlaps run {other.run_name}'s "
+                                      f"{their_what} {paths.shown(b)} ({paths.shown(other_file)}); give this run "
+                                      f"other folders, or delete {paths.shown(other_file.parent)}/ if that run is "
+                                      "gone")
 
 
 def read_params(path: str | Path) -> StudyParams:

@@ -18,6 +18,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from distill.core import paths
 from distill.core.params import StudyParams
 from distill.kd.losses import check_layer_map
@@ -33,6 +35,9 @@ class PreflightError(ValueError):
 
 def check(p: StudyParams, models: bool = True, log=print) -> dict[str, Any]:
     """Run every check on `p` (models=False: folders and data only, as a sweep over an existing run needs)."""
+    if p.device == "cuda" and not torch.cuda.is_available():
+        raise PreflightError("device: cuda, and no CUDA device is visible here; use device: auto (the GPU when there "
+                             "is one) or cpu")
     for key in ("output_dir", "deploy_dir"):  # DVC tracks nothing outside the project
         if getattr(p, key):
             layout.project_relative(paths.resolve(getattr(p, key)), key)
@@ -64,10 +69,20 @@ def check_processes(p: StudyParams) -> str:
 
     path = launch.config_file(p)
     try:
-        kind = launch.check_config(path).distributed_type
+        config = launch.check_config(path)
     except (OSError, ValueError) as err:
         raise PreflightError(str(err)) from None
+    kind = config.distributed_type
     shown = f"accelerate_config: {paths.shown(path)} ({kind.value})"
+    cpu = launch.uses_cpu(p)
+    have = models.free_cores() if cpu else torch.cuda.device_count()
+    if p.num_processes > have:
+        raise PreflightError(f"num_processes: {p.num_processes} processes, but this machine has {have} "
+                             f"{'free CPU cores' if cpu else 'GPUs'} (one process each); set num_processes <= {have}")
+    if cpu and kind == DistributedType.MULTI_GPU and config.mixed_precision not in (None, "no"):
+        raise PreflightError(f"{shown}: a GPU config (mixed_precision {config.mixed_precision}), and this run uses the "
+                             f"CPU ({'device: cpu' if p.device == 'cpu' else 'no GPU is visible'}); use "
+                             "configs/accelerate/ddp_cpu.yaml (or leave accelerate_config empty)")
     if launch.uses_cpu(p) and kind in (DistributedType.FSDP, DistributedType.DEEPSPEED):
         raise PreflightError(f"{shown}: accelerate runs {kind.value} on GPUs only and this run uses the CPU; use "
                              "configs/accelerate/ddp_cpu.yaml (or leave accelerate_config empty)")
@@ -179,6 +194,21 @@ def check_models(p: StudyParams, sets) -> dict[str, Any]:
     if p.uses_teacher and p.student != "prune":
         _same_vocabulary(p, tok_t, tok_s)
     out["vocab"] = len(tok_s)
+    if p.teacher_cache != "none" and p.uses_teacher and p.teacher_cache_k > len(tok_t):
+        raise PreflightError(f"teacher_cache_k: {p.teacher_cache_k} tokens per position, but the teacher's vocabulary "
+                             f"has {len(tok_t)}; set teacher_cache_k below it (16 to 64 is usual)")
+    for key, folder in (("teacher", teacher), ("student", student)):
+        try:
+            names = sources.check_safetensors(Path(folder))
+        except sources.ModelSpecError as err:
+            raise PreflightError(f"{key}: {err}") from None
+        if key == "student" and p.use_lora and p.lora_target_modules and "all-linear" not in p.lora_target_modules:
+            modules = {n.rsplit(".", 2)[-2] for n in names if n.count(".") >= 2}
+            missing = [m for m in p.lora_target_modules if m not in modules]
+            if missing:
+                linear = sorted(m for m in modules if m.endswith("_proj")) or sorted(modules)[:12]
+                raise PreflightError(f"lora_target_modules: {missing} name no module of the student; its modules "
+                                     f"include {', '.join(linear)} (or leave the list empty)")
     if p.layer_map:
         try:
             check_layer_map(p.layer_map, n_student, n_teacher)

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -15,7 +16,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from distill.core import paths
+from distill.core import paths, procs
 from distill.core.params import StudyParams
 from distill.parts.models import free_cores
 from distill.pipeline import dvc
@@ -149,8 +150,28 @@ def ipc_kernel():
     unencrypted transport to warn about at every step (the client still starts and stops the kernel)."""
     from traitlets.config import Config  # notebook tooling: only a notebook stage needs it
 
-    with tempfile.TemporaryDirectory(prefix="distill-kernel-") as folder:
+    clean_kernel_leftovers()
+    with tempfile.TemporaryDirectory(prefix=f"{KERNEL_PREFIX}{os.getpid()}-") as folder:
         yield Config({"KernelManager": {"transport": "ipc", "ip": str(Path(folder) / "kernel")}})
+
+
+KERNEL_PREFIX = "distill-kernel-"
+
+
+def clean_kernel_leftovers(temp: Path | None = None) -> list[Path]:
+    """Remove the socket folders of kernels whose stage was killed (`kill -9` skips the cleanup): named after the
+    stage's process, removed once that process is gone; folders of the older unnamed kind after a day."""
+    gone = []
+    for folder in Path(temp or tempfile.gettempdir()).glob(f"{KERNEL_PREFIX}*"):
+        owner = folder.name[len(KERNEL_PREFIX):].split("-", 1)[0]
+        try:
+            stale = not procs.alive(int(owner)) if owner.isdigit() else time.time() - folder.stat().st_mtime > 86400
+        except OSError:
+            continue
+        if stale and folder.is_dir():
+            shutil.rmtree(folder, ignore_errors=True)
+            gone.append(folder)
+    return gone
 
 
 def _redact_file(path: Path) -> None:

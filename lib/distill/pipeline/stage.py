@@ -49,6 +49,19 @@ def _spec(p: StudyParams, name: str) -> dvc.Stage:
 
 
 def main(params_path: str, kind: str, *args: str) -> int:
+    """Run one stage; refuse to let DVC record it (exit 3) when the code it depends on changed while it ran: DVC
+    hashes dependencies when a stage ends, so it would record code that did not make the outputs."""
+    before = dvc.code_digest()
+    code = _run(params_path, kind, *args)
+    if code == 0 and dvc.code_digest() != before:
+        print(f"error: the code under {dvc.LIB}/ or notebooks/ changed while stage {kind} {' '.join(args)} ran; its "
+              "outputs were made by the code as it was, so DVC does not record them: run the same command again",
+              flush=True)
+        return 3
+    return code
+
+
+def _run(params_path: str, kind: str, *args: str) -> int:
     p = dvc.read_params(params_path)
     if kind in ("score", "speed"):
         if not args or args[0] not in layout.MODELS:

@@ -200,7 +200,9 @@ class Comparison:
     answers: list[AnswerDiff]
     environment: list[EnvDifference]
     spread: str = ""  # where the seed spread came from ("" without a sweep)
-    notes: list[str] = field(default_factory=list)  # models or metrics only one run has
+    # what could not be compared: a model or number one run lacks, a non-number, an unreadable or partial file;
+    # each one is a difference (the runs are never said to agree past one)
+    gaps: list[str] = field(default_factory=list)
     caveats: list[str] = field(default_factory=list)  # what the records cannot rule out (uncommitted changes)
 
     @property
@@ -224,6 +226,12 @@ def _show(v: Any) -> str:
         text = json.dumps(v, sort_keys=True, default=str)
         return text if len(text) <= 80 else text[:77] + "..."
     return str(v)
+
+
+def _raw(v: Any) -> str:
+    """A value as the JSON file holds it (null, "high", {...}), cut short."""
+    text = json.dumps(v, default=str)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _report_folder(path: Path | str, label: str) -> Path:
@@ -374,25 +382,37 @@ def compare_runs(a: Path, b: Path) -> Comparison:
             sweeps[label] = seed_spread(summary)
     rows: list[MetricRow] = []
     answers: list[AnswerDiff] = []
-    notes: list[str] = []
+    gaps: list[str] = []
     used_spread: set[str] = set()
+    for label, folder in (("A", fa), ("B", fb)):
+        why = _load_optional(folder / "sweeps" / "summary.json")[1]
+        if why and why != "missing":
+            gaps.append(f"run {label}'s sweeps/summary.json is {why}")
     ma_models, mb_models = ra["models"], rb["models"]
+    gaps += [f"run {label} records no models" for label, m in (("A", ma_models), ("B", mb_models)) if not m]
     for only, label in ((set(ma_models) - set(mb_models), "A"), (set(mb_models) - set(ma_models), "B")):
-        notes += [f"model {m!r} only in run {label}" for m in sorted(only)]
+        gaps += [f"model {m!r} only in run {label}" for m in sorted(only, key=str)]
     for model in [m for m in ma_models if m in mb_models]:
         xa, xb = ma_models[model], mb_models[model]
         if not isinstance(xa, dict) or not isinstance(xb, dict):
+            gaps += [f"{model}: {_raw(x)} in run {label}, not a model's record"
+                     for label, x in (("A", xa), ("B", xb)) if not isinstance(x, dict)]
             continue
         variant = str(xa.get("model") or SWEEP_VARIANTS.get(model, model))
-        for metric in xa:
-            va, vb = xa[metric], xb.get(metric)
+        for only, label in ((set(xa) - set(xb), "A"), (set(xb) - set(xa), "B")):
+            gaps += [f"{model}: {m} only in run {label}" for m in sorted(only, key=str)]
+        for metric in [m for m in xa if m in xb]:
+            va, vb = xa[metric], xb[metric]
             if metric in MODEL_LISTS:
+                gaps += [f"{model}: {metric} is {_raw(v)} in run {label}, not a list"
+                         for label, v in (("A", va), ("B", vb)) if not isinstance(v, list)]
                 continue
-            if metric not in xb:
-                notes.append(f"{model}: {metric} only in run A")
-                continue
+            if isinstance(va, str) and isinstance(vb, str):
+                continue  # setup words (device, disk_kind): listed with the environment below
             if not (_is_number(va) and _is_number(vb)):
-                continue  # strings (device, disk_kind) are setup: listed with the environment below
+                gaps += [f"{model}: {metric} is {_raw(v)} in run {label}, not a number"
+                         for label, v in (("A", va), ("B", vb)) if not _is_number(v)]
+                continue
             measured = is_measured(metric)
             # where both runs have a sweep, the wider spread of the two
             spread = max(((*sweeps[s][(variant, metric)], s) for s in sweeps if (variant, metric) in sweeps[s]),
@@ -402,17 +422,23 @@ def compare_runs(a: Path, b: Path) -> Comparison:
             if status == SPREAD:
                 used_spread.add(f"{spread[1]}-seed sweep '{spread[2]}' of run {spread[3]}")
             rows.append(MetricRow(model, metric, va, vb, status, sd, not measured))
-        notes += [f"{model}: {m} only in run B" for m in xb if m not in xa and m not in MODEL_LISTS]
         ans = _answers(model, xa, xb)
         if ans is not None:
             answers.append(ans)
+    for label, r in (("A", ra), ("B", rb)):
+        if not isinstance(r.get("meta"), dict):
+            gaps.append(f"run {label}'s results.json has no scoring setup ('meta'): a partial file")
     scored = [r for r in rows if r.in_verdict]
     worst = max((VERDICTS.index(r.status) for r in scored), default=0)
     verdict = VERDICTS[worst]
     if verdict in (IDENTICAL, TOLERANCE) and any(x.differ for x in answers):
         verdict = DIFFER  # the same scores from other answers is not a reproduction
-    ma, _ = _load_optional(fa / "manifest.json")
-    mb, _ = _load_optional(fb / "manifest.json")
+    ma, why_a = _load_optional(fa / "manifest.json")
+    mb, why_b = _load_optional(fb / "manifest.json")
+    gaps += [f"run {label}'s manifest.json is {why}" for label, why in (("A", why_a), ("B", why_b))
+             if why and why != "missing"]
+    if gaps:
+        verdict = DIFFER  # what was not compared cannot be vouched for
     env = environment_differences(ma, mb, ra.get("meta") or {}, rb.get("meta") or {})
     for model in [m for m in ma_models if m in mb_models]:  # per-model setup strings (device, disk kind)
         xa, xb = ma_models[model], mb_models[model]
@@ -430,7 +456,7 @@ def compare_runs(a: Path, b: Path) -> Comparison:
             caveats.append(f"run {which}'s manifest says {m['status']!r}: its results.json may be an earlier run's")
     spread_text = "; ".join(sorted(used_spread)) if used_spread else \
         "; ".join(f"sweep summary of run {s}" for s in sweeps)
-    return Comparison(fa, fb, verdict, rows, answers, env, spread_text, notes, caveats)
+    return Comparison(fa, fb, verdict, rows, answers, env, spread_text, gaps, caveats)
 
 
 def exit_code(c: Comparison) -> int:
@@ -465,7 +491,11 @@ def format_comparison(c: Comparison) -> str:
         answers = f"{n_ans - d_ans} of {n_ans} answers the same"
     else:
         answers = "no question answered by both" if any(x.only_one for x in c.answers) else "no answers recorded"
-    if c.verdict == IDENTICAL:
+    if c.gaps:
+        shown = "; ".join(c.gaps[:2]) + (f"; and {len(c.gaps) - 2} more" if len(c.gaps) > 2 else "")
+        head = (f"runs {na} and {nb} cannot be said to agree: {len(c.gaps)} thing(s) could not be compared "
+                f"({shown}); of the {n} numbers compared, {same} identical")
+    elif c.verdict == IDENTICAL:
         head = f"runs {na} and {nb} agree exactly: {same} of {n} numbers identical, {answers}"
     elif c.verdict == TOLERANCE:
         worst = max((r for r in scored if r.status == TOLERANCE), key=lambda r: r.rel)
@@ -507,8 +537,8 @@ def format_comparison(c: Comparison) -> str:
         lines += ["", f"timing and memory (measured, never bit-reproducible, not in the verdict): {len(moved)} of "
                   f"{len(m)} differ" + (f", largest {100 * top.diff / top.a if top.a else 0:+.1f}% ({top.metric} of "
                                         f"{top.model})" if top else "")]
-    if c.notes:
-        lines += ["", "not compared: " + "; ".join(c.notes)]
+    if c.gaps:
+        lines += ["", "not compared (each one a difference):"] + [f"  {g}" for g in c.gaps]
     lines += [""]
     lines += [f"caveat: {x}" for x in c.caveats]
     if c.environment:

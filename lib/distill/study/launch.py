@@ -16,6 +16,7 @@ from collections import deque
 from pathlib import Path
 
 import torch
+import yaml
 
 from distill.core import paths, procs
 from distill.core.params import StudyParams
@@ -75,12 +76,14 @@ def check_config(path: Path):
     path = Path(path)
     if not path.is_file():
         shipped = ", ".join(sorted(f.name for f in CONFIG_DIR.glob("*.yaml")))
-        raise FileNotFoundError(f"accelerate_config: {path} does not exist; use one of configs/accelerate/ "
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise FileNotFoundError(f"accelerate_config: {path} {what}; use one of configs/accelerate/ "
                                 f"({shipped}) or write one with `accelerate config --config_file <path>`")
     try:
         return load_config_from_file(str(path))
-    except (TypeError, ValueError, KeyError) as err:
-        raise ValueError(f"accelerate_config: {path} is not an accelerate config ({err}); start from "
+    except (TypeError, ValueError, KeyError, AttributeError, yaml.YAMLError) as err:  # empty, malformed, other keys
+        raise ValueError(f"accelerate_config: {path} is not an accelerate config "
+                         f"({' '.join(str(err).split())[:200] or 'empty'}); start from "
                          "configs/accelerate/ddp_cpu.yaml") from None
 
 

@@ -29,19 +29,33 @@ def variant_params(p: StudyParams, variant: str) -> StudyParams:
     return p.replace(**VARIANT_OVERRIDES[variant])
 
 
-def notebook_params(p: StudyParams) -> StudyParams:
-    """The params a training notebook runs with. Under the pipeline: the run's own. Run by hand (JupyterLab,
-    papermill): a run of its own, `_lab_<run>_<settings>`, that reads the pipeline run's tuned teacher, pruned
-    student and teacher cache and writes only to its own folders (git-ignored), so changed settings never touch
-    the pipeline run's checkpoints or reports; the same settings again resume the same lab run."""
+def notebook_params(p: StudyParams, makes_base_models: bool = False) -> StudyParams:
+    """The params a notebook runs with. Under the pipeline: the run's own. Run by hand (JupyterLab, papermill): a
+    run of its own, `_lab_<run>_<settings>`, that writes only to its own folders (git-ignored), so changed settings
+    never touch the pipeline run's models, checkpoints or reports; the same settings again resume the same lab run.
+
+    `makes_base_models` (00_teacher): the lab tunes its own teacher and cuts its own student. Otherwise the lab reads
+    them from its own folder when 00_teacher made them there by hand, else from the pipeline run's."""
     if os.environ.get(STAGE_ENV):
         return p
     settings = paths.hash_config({k: v for k, v in p.to_dict().items() if k != "variant"})
     lab = p.replace(run_name=f"{LAB_PREFIX}{p.run_name}_{settings}"[:100], output_dir="", deploy_dir="",
-                    base_run_dir=p.base_run_dir or str(p.run_dir))
+                    base_run_dir="")
+    if not makes_base_models and not any(d.exists() for d in base_models_dirs(lab)):
+        lab = lab.replace(base_run_dir=p.base_run_dir or str(p.run_dir))
     print(f"run by hand: this notebook writes to {paths.shown(lab.run_dir)} and {paths.shown(lab.report_dir)}, and "
-          f"reads the models of run {p.run_name} from {paths.shown(base_run_dir(lab))}")
+          f"reads the base models of run {lab.run_name if makes_base_models else p.run_name} from "
+          f"{paths.shown(base_run_dir(lab))}")
     return lab
+
+
+def pipeline_run(p: StudyParams) -> StudyParams:
+    """The pipeline run whose scores a page shows: `p` itself, or the run a by-hand lab run was made from (its
+    score and speed stages ran there)."""
+    run = lab_of(p)
+    if run is None:
+        return p
+    return p.replace(run_name=run, output_dir=p.base_run_dir or "", base_run_dir="")
 
 
 def lab_of(p: StudyParams) -> str | None:

@@ -9,8 +9,20 @@ import torch
 from distill.core import paths
 from distill.core.params import StudyParams
 from distill.parts import data, models
+from distill.study import layout
 from distill.study.layout import merged_dir, variant_dir
 from distill.study.steps import load_student
+
+
+def trained_variants(p: StudyParams) -> tuple[str, ...]:
+    """The students a merge takes: both under the pipeline; run by hand, those 01_distill trained in this lab run."""
+    if layout.lab_of(p) is None:
+        return layout.VARIANTS
+    found = tuple(v for v in layout.VARIANTS if (layout.variant_dir(p, v) / "best").is_dir())
+    if not found:
+        raise FileNotFoundError(f"{paths.shown(p.run_dir)}: no student trained by hand with these settings; run "
+                                "01_distill by hand first, with the same parameters")
+    return found
 
 
 def merged_student(p: StudyParams, variant: str, device: torch.device, probe_rows) -> tuple[Any, Any, dict[str, Any]]:
