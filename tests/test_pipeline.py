@@ -252,6 +252,10 @@ def test_the_squad_files_are_an_input_of_every_stage(reports_inside, tmp_path, m
     from conftest import SQUAD_DIR
 
     p = _in_project(params.load("params/smoke.yaml"))
+    entries = dvc.dvc_yaml(p)["stages"]
+    inputs = dvc.project_relative(dvc.inputs_file(p), "inputs")
+    assert {name for name, e in entries.items() if inputs in e["deps"]} == set(entries)
+    monkeypatch.setattr(dvc, "pipeline_dir", lambda p: tmp_path / "pipelines" / p.run_name)  # its MD5 memo
     same = shutil.copytree(SQUAD_DIR, tmp_path / "same")
     before = dvc.input_fingerprint(p)
     assert set(before["squad"]) == {"train", "validation"} and all(len(v["md5"]) == 32 for v in before["squad"].values())
@@ -263,10 +267,6 @@ def test_the_squad_files_are_an_input_of_every_stage(reports_inside, tmp_path, m
     after = dvc.input_fingerprint(p)
     assert after["squad"]["validation"] != before["squad"]["validation"]
     assert after["squad"]["train"] == before["squad"]["train"]
-    entries = dvc.dvc_yaml(p)["stages"]
-    inputs = dvc.project_relative(dvc.inputs_file(p), "inputs")
-    readers = {name for name, e in entries.items() if inputs in e["deps"]}
-    assert readers == set(entries)
 
 
 def test_a_stage_whose_code_changed_while_it_ran_is_not_recorded(tmp_path, monkeypatch, capsys):
@@ -287,3 +287,18 @@ def test_a_stage_whose_code_changed_while_it_ran_is_not_recorded(tmp_path, monke
     monkeypatch.setattr(stage, "_run", lambda *a: code.write_text("A = 2\n") and 0)
     assert stage.main("pipelines/x/params.yaml", "score", "teacher") == 3
     assert "changed while stage score teacher ran" in capsys.readouterr().out
+
+
+def test_a_local_teacher_folder_is_an_input_by_content(reports_inside, tiny_paths, tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.setattr(dvc, "pipeline_dir", lambda p: tmp_path / "pipelines" / p.run_name)  # its MD5 memo
+    teacher = shutil.copytree(tiny_paths[0], tmp_path / "teacher")
+    p = _in_project(params.load("params/smoke.yaml")).replace(teacher=str(teacher))
+    before = dvc.input_fingerprint(p)
+    assert "model.safetensors" in before["teacher"] and "student" not in before  # tiny:student: made from the data
+    assert dvc.input_fingerprint(p) == before
+    (teacher / "config.json").write_text((teacher / "config.json").read_text() + " ")
+    after = dvc.input_fingerprint(p)
+    assert after["teacher"]["config.json"] != before["teacher"]["config.json"]
+    assert after["teacher"]["model.safetensors"] == before["teacher"]["model.safetensors"]
