@@ -348,7 +348,7 @@ def test_the_notebook_trains_on_two_launched_processes_through_the_pipeline(smok
     args = ["--set", "num_processes=2", "--set", "batch_size=2", "--set", "recovery_steps=0"]
     ran = run_in_project(project, "run", "params/smoke.yaml", *args, "--only", "train-distilled")
     assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
-    assert set(RUN.findall(ran.stdout)) == {"train-distilled"}
+    assert "train-distilled" in RUN.findall(ran.stdout)  # (and the teacher stage: its tuning reads batch_size)
     said = ran.stdout + ran.stderr
     assert "launching 2 processes: accelerate launch --config_file configs/accelerate/ddp_cpu.yaml" in said
     assert len(re.findall(r"\[smoke distilled\] step 4/4: eval loss", said)) == 1  # streamed, once per step

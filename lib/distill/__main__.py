@@ -23,9 +23,11 @@ TRACEBACK_ENV = "DISTILL_TRACEBACK"
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Every command answers bad input with one line on stderr and a non-zero exit, never a traceback (except the
-    internal `stage` and `train-student`, whose tracebacks are the record of a failed stage in DVC's log)."""
-    internal = bool({"stage", "train-student"} & set((argv if argv is not None else sys.argv[1:])[:1]))
+    """Every command a person types answers bad input with one line on stderr and a non-zero exit, never a traceback.
+    The internal `stage` and `train-student` say a missing or wrong file in one line too (see `_main`); any other
+    failure of theirs keeps its traceback, the record of a failed stage in DVC's and accelerate's logs."""
+    if (argv if argv is not None else sys.argv[1:])[:1] in (["stage"], ["train-student"]):
+        return _main(argv)  # what DVC and accelerate run: a failure's traceback is the record in their logs
     try:
         return _main(argv)
     except BrokenPipeError:  # piped into a command that closed early (`| head`): stop quietly
@@ -40,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {' '.join(str(err).split())[:600]}", file=sys.stderr)
         return 2
     except Exception as err:  # noqa: BLE001 (a user sees one line; DISTILL_TRACEBACK=1 shows the rest)
-        if internal or os.environ.get(TRACEBACK_ENV):
+        if os.environ.get(TRACEBACK_ENV):
             raise
         print(f"error: {type(err).__name__}: {' '.join(str(err).split())[:600]} (set {TRACEBACK_ENV}=1 to see "
               "where)", file=sys.stderr)
@@ -118,6 +120,10 @@ def _main(argv: list[str] | None = None) -> int:
             return 2
         print(reproduce.format_comparison(result))
         return reproduce.exit_code(result)
+    if args.command in ("train-student", "stage") and not Path(args.params_file).is_file():
+        what = "is a folder, not a file" if Path(args.params_file).is_dir() else "does not exist"
+        print(f"error: {args.params_file} {what}; give the params file the pipeline wrote", file=sys.stderr)
+        return 2
     if args.command == "train-student":
         from distill.study import training  # heavy (transformers' Trainer): only a launched rank needs it
 
