@@ -258,7 +258,7 @@ def test_the_squad_files_are_an_input_of_every_stage(reports_inside, tmp_path, m
     monkeypatch.setattr(dvc, "pipeline_dir", lambda p: tmp_path / "pipelines" / p.run_name)  # its MD5 memo
     same = shutil.copytree(SQUAD_DIR, tmp_path / "same")
     before = dvc.input_fingerprint(p)
-    assert set(before["squad"]) == {"train", "validation"} and all(len(v["md5"]) == 32 for v in before["squad"].values())
+    assert set(before["squad"]) == {"train", "validation"} and all(len(v["sha256"]) == 64 for v in before["squad"].values())
     monkeypatch.setenv("SQUAD_DIR", str(same))
     assert dvc.input_fingerprint(p) == before
     with gzip.open(same / "validation.jsonl.gz", "at", encoding="utf-8") as fh:

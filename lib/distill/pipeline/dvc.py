@@ -370,26 +370,22 @@ def inputs_file(p: StudyParams) -> Path:
 
 
 def input_fingerprint(p: StudyParams) -> dict[str, Any]:
-    """What the run reads from outside the pipeline's outputs, by content (sizes and MD5s, not paths: another path to
+    """What the run reads from outside the pipeline's outputs, by content (sizes and SHA-256s, not paths: another path to
     the same bytes changes nothing): the SQuAD files, and the teacher and student when they are local folders
     (`tiny:` and `gguf:` models are made from the data and a pinned wheel; a hub id is its name). Every stage depends
     on inputs.json, so another copy makes `status` name it and `run` re-run what reads it."""
-    memo_file = pipeline_dir(p) / ".inputs_memo.json"  # MD5 by (path, size, mtime): unchanged files are not re-read
+    memo_file = pipeline_dir(p) / ".inputs_memo.json"  # digests by (path, size, mtime): unchanged files are not re-read
     try:
         memo = json.loads(memo_file.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         memo = {}
     used: dict[str, str] = {}
 
-    def md5(f: Path) -> str:
+    def sha256(f: Path) -> str:
         st = f.stat()
         key = f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}"
         if key not in memo:
-            digest = hashlib.md5()
-            with open(f, "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    digest.update(block)
-            memo[key] = digest.hexdigest()
+            memo[key] = teacher_cache.sha256_file(f)
         used[key] = memo[key]
         return memo[key]
 
@@ -401,13 +397,13 @@ def input_fingerprint(p: StudyParams) -> dict[str, Any]:
             if f is None:
                 raise data.DataUnavailableError(f"{folder}: no {split} split; point squad_dir (or $SQUAD_DIR) at a "
                                                 "folder holding train and validation JSON Lines")
-            out["squad"][split] = {"file": f.name, "bytes": f.stat().st_size, "md5": md5(f)}
+            out["squad"][split] = {"file": f.name, "bytes": f.stat().st_size, "sha256": sha256(f)}
     for key in ("teacher", "student"):
         spec = getattr(p, key)
         local = paths.resolve(spec) if not spec.startswith(("tiny:", "gguf:")) and spec != "prune" else None
         if local is not None and local.is_dir():
             files = sorted(x for x in local.rglob("*") if x.is_file())
-            out[key] = {x.relative_to(local).as_posix(): md5(x) for x in files}
+            out[key] = {x.relative_to(local).as_posix(): sha256(x) for x in files}
     if used != memo:
         paths.write_text_atomic(memo_file, json.dumps(used))
     return out
