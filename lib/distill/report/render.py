@@ -11,6 +11,7 @@ a change here re-renders reports without re-running any stage.
 from __future__ import annotations
 
 import copy
+import functools
 import html
 import json
 import os
@@ -92,14 +93,19 @@ def _reader_cells(nb) -> tuple[list, list]:
     return head, body
 
 
-def _fragment(nb, cells: list) -> str:
+@functools.cache
+def _exporter():
+    """One exporter per process: building one compiles its templates (half a second a page otherwise)."""
     from nbconvert import HTMLExporter  # notebook tooling: only rendering needs it
 
+    return HTMLExporter(template_name="basic", exclude_input=True, exclude_input_prompt=True,
+                        exclude_output_prompt=True)
+
+
+def _fragment(nb, cells: list) -> str:
     part = copy.copy(nb)
     part.cells = cells
-    exporter = HTMLExporter(template_name="basic", exclude_input=True, exclude_input_prompt=True,
-                            exclude_output_prompt=True)
-    return exporter.from_notebook_node(part)[0] if cells else ""
+    return _exporter().from_notebook_node(part)[0] if cells else ""
 
 
 def page(nb, title: str, links: list[tuple[str, str]]) -> str:
