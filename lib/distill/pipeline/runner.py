@@ -57,7 +57,9 @@ def git_commit() -> dict[str, Any]:
     def git(*args: str) -> str:
         res = subprocess.run(["git", *args], cwd=paths.PROJECT_ROOT, capture_output=True, text=True)
         return res.stdout.strip() if res.returncode == 0 else ""
-    return {"commit": git("rev-parse", "HEAD") or "unknown", "dirty": bool(git("status", "--porcelain", "-uno"))}
+    # dirty: a tracked file other than the committed reports differs from the commit (a run rewrites its own pages)
+    return {"commit": git("rev-parse", "HEAD") or "unknown",
+            "dirty": bool(git("status", "--porcelain", "-uno", "--", ".", ":(exclude)reports"))}
 
 
 def package_versions() -> dict[str, str]:
