@@ -12,6 +12,9 @@ CAPACITY_PROFILE ?= capacity_cpu
 SWEEP ?= default
 SEEDS ?= 0,1,2
 SWEEP_ARGS ?=
+# pytest processes for `make test` (pytest-xdist; tests marked xdist_group share one); the end-to-end tests run
+# one torch thread each
+TEST_WORKERS ?= 2
 # The offline SQuAD copy beside this checkout, when there is one (else params squad_dir or the hub).
 export SQUAD_DIR ?= $(wildcard $(abspath ../shared/data/squad))
 export PYTHONUNBUFFERED := 1
@@ -39,7 +42,7 @@ browser: ## Debian's chromium for the report tests (headless; installed when mis
 	  else echo "note: no chromium; the report tests need it: sudo apt-get install -y chromium"; fi; }
 
 test: setup browser ## run the whole test suite (unit tests, an end-to-end smoke study, its reports in Chromium)
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=15
 
 test-fast: setup ## the unit tests only (skips the end-to-end runs)
 	$(PY) -m pytest -q -m "not slow"

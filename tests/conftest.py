@@ -47,15 +47,16 @@ def write_synthetic_squad(folder: Path, n_train: int = 400, n_dev: int = 120) ->
     folder.mkdir(parents=True, exist_ok=True)
     rng = random.Random(1234)
     for split, n in (("train", n_train), ("validation", n_dev)):
-        with gzip.open(folder / f"{split}.jsonl.gz", "wt", encoding="utf-8") as fh:
-            for i in range(n):
-                fh.write(json.dumps(synthetic_row(rng, i, split)) + "\n")
+        rows = "".join(json.dumps(synthetic_row(rng, i, split)) + "\n" for i in range(n))
+        # mtime 0: the same bytes in every test process (the pipeline fingerprints the data by content)
+        (folder / f"{split}.jsonl.gz").write_bytes(gzip.compress(rows.encode("utf-8"), mtime=0))
     return folder
 
 
 # the real SQuAD copy the Makefile found (../shared/data/squad), for the tests that re-score committed results;
 # every other test reads synthetic rows
-REAL_SQUAD_DIR = os.environ.get("SQUAD_DIR", "")
+# (kept under its own name: pytest-xdist's workers inherit the environment this file changes below)
+REAL_SQUAD_DIR = os.environ.setdefault("DISTILL_TESTS_REAL_SQUAD_DIR", os.environ.get("SQUAD_DIR", ""))
 SQUAD_DIR = write_synthetic_squad(_ROOT / "squad")
 os.environ["SQUAD_DIR"] = str(SQUAD_DIR)
 
@@ -85,7 +86,8 @@ def tiny_paths():
 def _threads():
     import torch
 
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))  # pytest-xdist's processes share the cores
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1) // workers))
     yield
 
 
@@ -156,6 +158,20 @@ class SmokeBuild:
 
 @pytest.fixture(scope="session")
 def smoke_build(tmp_path_factory) -> SmokeBuild:
-    """`python -m distill run params/smoke.yaml` in a fresh copy of the project, once per session."""
-    project = make_project_copy(tmp_path_factory.mktemp("smoke_build") / "project")
-    return SmokeBuild(project, run_in_project(project, "run", "params/smoke.yaml"))
+    """`python -m distill run params/smoke.yaml` in a fresh copy of the project, once per test run: with
+    pytest-xdist's workers (`make test`), the first one to need it builds it under a lock and the others read it."""
+    import subprocess
+
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the parent: this run's, all workers'
+    folder, said = shared / "smoke_build", shared / "smoke_build" / "result.json"
+    with FileLock(str(shared / "smoke_build.lock")):
+        if not said.exists():
+            project = make_project_copy(folder / "project")
+            res = run_in_project(project, "run", "params/smoke.yaml")
+            said.write_text(json.dumps({"args": res.args, "returncode": res.returncode, "stdout": res.stdout,
+                                        "stderr": res.stderr}))
+    res = json.loads(said.read_text())
+    return SmokeBuild(folder / "project", subprocess.CompletedProcess(**res))

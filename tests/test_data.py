@@ -50,6 +50,11 @@ def test_no_data_offline_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(paths, "SHARED_SQUAD_DIR", tmp_path / "absent")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import datasets.config  # read the variables at their import: an earlier test in this process may have done it
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(data.DataUnavailableError) as err:
         data.load_squad("validation", "")
     assert "SQUAD_DIR" in str(err.value) and "squad_dir" in str(err.value)

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import make_project_copy, project_env, run_in_project
+from conftest import project_env, run_in_project
 
 from distill.pipeline.runner import load_notebook
 
@@ -77,11 +77,14 @@ def readme_commands() -> list[str]:
 
 
 @pytest.mark.slow
-def test_readme_papermill_command_runs_after_the_steps_it_needs(tmp_path):
-    """README's commands in order, in a fresh copy of the project: the earlier step, then papermill by hand."""
+def test_readme_papermill_command_runs_after_the_steps_it_needs(smoke_build, tmp_path):
+    """README's commands in order, in a copy of the built smoke project: the earlier step (up to date there), then
+    papermill by hand, which never touches the pipeline run's folders."""
     commands = readme_commands()
     assert any(c.startswith(".venv/bin/papermill notebooks/") for c in commands), "README shows no papermill run"
-    project = make_project_copy(tmp_path / "project")
+    project = smoke_build.snapshot(tmp_path / "project")
+    students = project / "artifacts" / "smoke" / "students"
+    before = {f: f.stat().st_mtime_ns for f in students.rglob("*")}
     made = make_notebooks(project)
     assert made.returncode == 0, made.stderr[-2000:]
     for line in commands:
@@ -101,4 +104,4 @@ def test_readme_papermill_command_runs_after_the_steps_it_needs(tmp_path):
         if "01_distill" in argv[1]:  # by hand: a lab run of its own, never the pipeline run's folders
             labs = sorted((project / "artifacts").glob("_lab_smoke_*"))
             assert labs and all(list((lab / "students" / "distilled").iterdir()) for lab in labs), "nothing trained"
-            assert not (project / "artifacts" / "smoke" / "students").exists(), "a by-hand run wrote the run's folder"
+            assert {f: f.stat().st_mtime_ns for f in students.rglob("*")} == before, "a by-hand run wrote the run's folder"

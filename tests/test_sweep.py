@@ -12,6 +12,9 @@ from distill.pipeline import dvc
 from distill.report import sweeps
 from distill.study import layout, sweep
 
+# `base` writes pipelines/_sweep_check/ inside the project tree: these tests share one pytest-xdist worker
+pytestmark = pytest.mark.xdist_group("project_tree")
+
 
 def record(sweep_name, variant, seed, loss, f1):
     return {"sweep": sweep_name, "variant": variant, "seed": seed, "answer_loss": loss, "top1_accuracy": 0.5,
