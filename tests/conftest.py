@@ -130,21 +130,35 @@ def run_in_project(project: Path, *args: str, timeout: int = 900):
                           env=project_env(project), timeout=timeout)
 
 
+# the build's seed sweep of the smoke run, and its capacity grid (a run of its own, one size and one seed: every kind
+# of grid stage runs; several sizes and seeds are tests/test_capacity.py's stage and analysis tests)
+SMOKE_SWEEP = ["sweep", "params/smoke.yaml", "--name", "t", "--seeds", "1", "--questions", "4", "--reference",
+               "t/ce_baseline"]
+SMOKE_GRID = ["run", "params/smoke.yaml", "--set", "run_name=grid", "--set", "student=prune", "--set", "prune_keep=3",
+              "--set", "capacity_keep=[2]", "--set", "capacity_seeds=[0]", "--set", "capacity_questions=8",
+              "--set", "latency_prompts=2", "--set", "teacher_cache=sampled", "--set", "teacher_cache_k=4",
+              "--set", "beta_mse=0", "--set", "distill_positions=answer", "--only", "capacity-report"]
+
+
 class SmokeBuild:
-    """The smoke study built once per session in a fresh copy of the project: what the end-to-end, browser and
-    report tests read. A test that runs anything works on `snapshot()`, so every test sees the build as made."""
+    """The smoke study built once per test run in a fresh copy of the project, with a seed sweep of it and a
+    capacity grid: what the end-to-end, browser and report tests read. `result`, `sweep` and `grid` are the three
+    commands' outcomes. A test that runs anything works on `snapshot()`, so every test sees the build as made."""
     RUN = "smoke"
 
-    def __init__(self, project: Path, result):
+    def __init__(self, project: Path, said: dict):
+        import subprocess
+
         import yaml
 
-        self.project, self.result = project, result
+        self.project = project
+        self.result, self.sweep, self.grid = (subprocess.CompletedProcess(**said[k]) for k in ("run", "sweep", "grid"))
         self.report_dir = project / "reports" / self.RUN
         self.run_dir = project / "artifacts" / self.RUN
         results_file = self.report_dir / "results.json"
         self.results = json.loads(results_file.read_text()) if results_file.exists() else None
         lock = project / "pipelines" / self.RUN / "dvc.lock"
-        self.lock = yaml.safe_load(lock.read_text())["stages"] if lock.exists() else {}
+        self.lock = yaml.safe_load(lock.read_text())["stages"] if lock.exists() else {}  # the study's and the sweep's
 
     def snapshot(self, dest: Path) -> Path:
         """A copy of the built project (its DVC cache, pipelines, artifacts and reports) for a test to change."""
@@ -158,10 +172,9 @@ class SmokeBuild:
 
 @pytest.fixture(scope="session")
 def smoke_build(tmp_path_factory) -> SmokeBuild:
-    """`python -m distill run params/smoke.yaml` in a fresh copy of the project, once per test run: with
-    pytest-xdist's workers (`make test`), the first one to need it builds it under a lock and the others read it."""
-    import subprocess
-
+    """`python -m distill run params/smoke.yaml`, a seed sweep of it and a capacity grid, in a fresh copy of the
+    project, once per test run: with pytest-xdist's workers (`make test`), the first one to need it builds it under
+    a lock and the others read it."""
     from filelock import FileLock
 
     base = tmp_path_factory.getbasetemp()
@@ -170,8 +183,10 @@ def smoke_build(tmp_path_factory) -> SmokeBuild:
     with FileLock(str(shared / "smoke_build.lock")):
         if not said.exists():
             project = make_project_copy(folder / "project")
-            res = run_in_project(project, "run", "params/smoke.yaml")
-            said.write_text(json.dumps({"args": res.args, "returncode": res.returncode, "stdout": res.stdout,
-                                        "stderr": res.stderr}))
-    res = json.loads(said.read_text())
-    return SmokeBuild(folder / "project", subprocess.CompletedProcess(**res))
+            out = {}
+            for name, args in (("run", ["run", "params/smoke.yaml"]), ("sweep", SMOKE_SWEEP), ("grid", SMOKE_GRID)):
+                res = run_in_project(project, *args)
+                out[name] = {"args": res.args, "returncode": res.returncode, "stdout": res.stdout,
+                             "stderr": res.stderr}
+            said.write_text(json.dumps(out))
+    return SmokeBuild(folder / "project", json.loads(said.read_text()))

@@ -5,20 +5,12 @@ import re
 
 import numpy as np
 import pytest
-from conftest import make_project_copy, run_in_project
 
 from distill.core import params, paths
 from distill.parts import benchmark, data, models
 from distill.pipeline import dvc
 from distill.report import capacity_report, stats
 from distill.study import cache, capacity, layout, steps, sweep
-
-# one size and one seed end to end (every kind of grid stage runs); several sizes and seeds are the stage and
-# analysis tests' above, the seeds' own examples test_every_size_sees_the_same_examples_per_seed's
-SMOKE_GRID = ["--set", "student=prune", "--set", "prune_keep=3", "--set", "capacity_keep=[2]",
-              "--set", "capacity_seeds=[0]", "--set", "capacity_questions=8", "--set", "latency_prompts=2",
-              "--set", "teacher_cache=sampled", "--set", "teacher_cache_k=4", "--set", "beta_mse=0",
-              "--set", "distill_positions=answer"]
 
 
 def grid_params(**changes):
@@ -196,10 +188,9 @@ def test_batch1_latency_times_each_prompt_alone(tiny_paths, squad_dir):
 # slow: a whole grid on the tiny models
 # --------------------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_a_grid_runs_end_to_end_and_its_report_opens_with_the_answer(tmp_path):
-    project = make_project_copy(tmp_path / "project")
-    res = run_in_project(project, "run", "params/smoke.yaml", "--set", "run_name=grid", *SMOKE_GRID,
-                         "--only", "capacity-report")
+def test_a_grid_runs_end_to_end_and_its_report_opens_with_the_answer(smoke_build):
+    """The shared build's grid (conftest's SMOKE_GRID: one size and one seed, every kind of grid stage)."""
+    res, project = smoke_build.grid, smoke_build.project
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     report = project / "reports" / "grid"
     out = json.loads((report / "capacity.json").read_text())

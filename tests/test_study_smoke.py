@@ -1,8 +1,8 @@
 """End to end: the smoke profile through the DVC pipeline, as `make smoke` runs it, in a fresh copy of the project.
 
-The study is built once per session (conftest's `smoke_build`); the tests that read it share it, and every test that
-runs something (a changed key, kills, a sweep, two processes) works on a snapshot of it, so it re-runs only the stages
-its claim needs."""
+The study, a seed sweep of it and a capacity grid are built once per test run (conftest's `smoke_build`, shared by
+pytest-xdist's workers); the tests that read them share them, and every test that runs something (kills, a cache, two
+processes, a sweep's next call) works on a snapshot, so it re-runs only the stages its claim needs."""
 import json
 import os
 import re
@@ -16,7 +16,7 @@ from pathlib import Path
 import nbformat
 import pytest
 import yaml
-from conftest import project_env, run_in_project
+from conftest import SMOKE_SWEEP, project_env, run_in_project
 from transformers import AutoModelForCausalLM
 
 from distill.report import results
@@ -152,7 +152,7 @@ def test_an_unchanged_study_reruns_nothing_and_dvc_status_is_clean(smoke_run, tm
     status = _dvc(project, "status", "pipelines/smoke/dvc.yaml")
     assert status.returncode == 0 and "up to date" in status.stdout, status.stdout
     lock = _lock(project)
-    assert len(lock) == 13
+    assert len([s for s in lock if not s.startswith("sweep-")]) == 13 and len(lock) == 13 + 7  # the study, its sweep
     for name, entry in lock.items():
         assert entry.get("outs"), name
         assert all(o.get("md5") for o in entry["outs"]), name
@@ -165,13 +165,14 @@ def _stale(said: str) -> set[str]:
 
 
 def test_a_loss_key_puts_only_the_distilled_students_training_out_of_date(smoke_run, tmp_path):
-    """The key reaches the distilled student's training and nothing else. What reads that student (the merge, its
+    """The key reaches the distilled students' training and nothing else. What reads a student (the merge, its
     score and timing, the report) depends on its folder, so DVC re-makes those in turn and nothing more."""
     _, p = smoke_run
     project = p.snapshot(tmp_path / "project")
     said = run_in_project(project, "status", "params/smoke.yaml", "--set", "temperature=3")
     assert said.returncode == 0, said.stdout[-2000:] + said.stderr[-2000:]
-    assert _stale(said.stdout) == {"train-distilled"}, said.stdout
+    # (the sweep's distilled student too: its setting leaves the temperature to the run)
+    assert _stale(said.stdout) == {"train-distilled", "sweep-t-seed1-distilled"}, said.stdout
     assert "temperature" in said.stdout
 
 
@@ -200,7 +201,7 @@ def test_kill_during_training_resumes_to_the_same_result_and_a_second_run_is_ref
     """kill -9 the whole run while the distilled student trains, after its first checkpoint; run it again."""
     _, p = smoke_run
     project = p.snapshot(tmp_path / "project")
-    args = ["--set", "max_steps=12", "--set", "recovery_steps=0", "--only", "train-distilled"]
+    args = ["--set", "max_steps=8", "--set", "recovery_steps=0", "--only", "train-distilled"]
     students = project / "artifacts" / "smoke" / "students" / "distilled"
     shutil.rmtree(students)  # the build's 4-step student: this run trains its own from step 0
     proc = _start(project, *args)
@@ -235,7 +236,7 @@ def test_kill_during_training_resumes_to_the_same_result_and_a_second_run_is_ref
     again = json.loads((project / "reports" / "smoke" / "log_history_distilled.json").read_text())
     evals = [(e["step"], e["eval_loss"]) for e in history if "eval_loss" in e]
     fresh_evals = [(e["step"], e["eval_loss"]) for e in again if "eval_loss" in e]
-    assert [s for s, _ in evals] == [s for s, _ in fresh_evals] == list(range(2, 13, 2))
+    assert [s for s, _ in evals] == [s for s, _ in fresh_evals] == list(range(2, 9, 2))
     for (_, a), (_, b) in zip(evals, fresh_evals):
         assert a == pytest.approx(b, abs=1e-5)
 
@@ -243,31 +244,31 @@ def test_kill_during_training_resumes_to_the_same_result_and_a_second_run_is_ref
 QUALITY = ("exact_match", "f1", "answer_loss", "top1_accuracy", "params_m", "n_examples")
 
 
-def test_kills_anywhere_then_the_same_command_from_a_cold_cache_equal_the_uninterrupted_run(smoke_run, tmp_path):
-    """kill -9 during teacher preparation, the merge and the report; each time run the same command again. The
-    stages start from an empty model cache (the build found the tiny models built): each re-made output must be
-    byte for byte the build's, so DVC re-runs nothing downstream, and the results equal the uninterrupted run's."""
-    _, p = smoke_run
+POINTS = {"teacher": "00_teacher", "merge": "02_merge", "report": "03_benchmark"}  # a stage and its notebook
+
+
+def _kill_during_then_rerun(p, tmp_path, killed: tuple[str, ...]):
+    """kill -9 the run during each stage of `killed` in turn (their outputs removed first, so each must be made
+    again), each time running the same command again, then once to the end. The stages start from an empty model
+    cache (the build found the tiny models built). Every re-made model, checkpoint and score must be byte for byte
+    the build's, so DVC re-runs nothing downstream, and the results equal the uninterrupted run's."""
     project = p.snapshot(tmp_path / "project")
-    killed = ("teacher", "merge", "report")
     for stage in killed:  # their outputs gone: the run must make them again
         for out in p.lock[stage]["outs"]:
             target = project / out["path"]
             shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
     env = {**project_env(project), "DISTILL_MODELS_DIR": str(tmp_path / "cold_models")}
     report_dir, executed = project / "reports" / "smoke", project / "artifacts" / "smoke" / "executed"
-    points = [("teacher preparation", lambda: (executed / ".00_teacher.partial.ipynb").exists()),
-              ("merge", lambda: (executed / ".02_merge.partial.ipynb").exists()),
-              ("report", lambda: (executed / ".03_benchmark.partial.ipynb").exists())]
-    for what, started in points:
+    for stage in killed:
+        partial = executed / f".{POINTS[stage]}.partial.ipynb"  # the notebook under way
         proc = _start(project, env=env)
-        _wait_for(started, proc)
+        _wait_for(partial.exists, proc)
         time.sleep(1.0)
         os.killpg(proc.pid, signal.SIGKILL)
         out, _ = proc.communicate()
         assert set(RUN.findall(out)) <= set(killed), out[-2000:]
         manifest = json.loads((report_dir / "manifest.json").read_text())
-        assert manifest["status"] == "running", f"after a kill during {what}: {manifest['status']}"
+        assert manifest["status"] == "running", f"after a kill during {stage}: {manifest['status']}"
         assert "index.html" in os.listdir(report_dir)
     final = subprocess.run([sys.executable, "-m", "distill", "run", "params/smoke.yaml"],
                            cwd=project, env=env, capture_output=True, text=True, timeout=900)
@@ -290,17 +291,26 @@ def test_kills_anywhere_then_the_same_command_from_a_cold_cache_equal_the_uninte
     assert list((tmp_path / "cold_models").iterdir()), "the stages did not use the empty model cache"
 
 
+def test_a_kill_during_teacher_preparation_then_the_same_command_from_a_cold_cache_equals_the_uninterrupted_run(
+        smoke_run, tmp_path):
+    _kill_during_then_rerun(smoke_run[1], tmp_path, ("teacher",))
+
+
+def test_kills_during_the_merge_and_the_report_then_the_same_command_equal_the_uninterrupted_run(smoke_run, tmp_path):
+    _kill_during_then_rerun(smoke_run[1], tmp_path, ("merge", "report"))
+
+
 def test_seed_sweep_trains_scores_and_summarises_from_the_runs_models(smoke_run, tmp_path):
+    """The build's sweep (conftest's SMOKE_SWEEP: seed 1 of both students on 4 questions, beside the run's seed 0);
+    then, on a copy, the same call again and one more seed."""
     _, p = smoke_run
-    project = p.snapshot(tmp_path / "project")
-    run_dir, report_dir = project / "artifacts" / "smoke", project / "reports" / "smoke"
-    args = ["sweep", "params/smoke.yaml", "--name", "t", "--seeds", "1", "--questions", "4", "--reference",
-            "t/ce_baseline"]
-    out = run_in_project(project, *args)
+    run_dir, report_dir = p.run_dir, p.report_dir
+    out = p.sweep
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     ran = set(RUN.findall(out.stdout))
     assert {"sweep-t-seed1-distilled", "sweep-t-seed1-ce_baseline", "sweep-score-teacher", "sweep-summary"} <= ran
-    assert not ran & (set(p.lock) - {"report"}), "a sweep re-ran a stage of the base run (its page shows the sweep)"
+    study = set(RUN.findall(p.result.stdout))
+    assert not ran & (study - {"report"}), "a sweep re-ran a stage of the base run (its page shows the sweep)"
     scores = {v: json.loads((run_dir / "sweeps" / "t" / "seed1" / "scores" / f"{v}_4q.json").read_text())
               for v in ("distilled", "ce_baseline")}
     assert all(s["n_examples"] == 4 and s["answer_loss"] > 0 for s in scores.values())
@@ -313,9 +323,10 @@ def test_seed_sweep_trains_scores_and_summarises_from_the_runs_models(smoke_run,
     teacher_md5 = next(o["md5"] for o in p.lock["teacher"]["outs"] if o["path"].endswith("/teacher"))
     assert f"Base models (tuned teacher and pruned student, from dvc.lock): {teacher_md5[:8]}" in summary
     assert json.loads((report_dir / "sweeps" / "summary.json").read_text())["base_models"] == teacher_md5[:8]
+    project = p.snapshot(tmp_path / "project")
     # a second call trains and scores nothing
-    again = run_in_project(project, *args)
-    assert again.returncode == 0 and not RUN.findall(again.stdout)
+    again = run_in_project(project, *SMOKE_SWEEP)
+    assert again.returncode == 0 and not RUN.findall(again.stdout), again.stdout[-2000:] + again.stderr[-2000:]
     # one more seed: DVC finds only that seed's stages (and the summary) out of date (running them is the same
     # `dvc repro` as above)
     registry = project / "pipelines" / "smoke" / "sweeps.yaml"
@@ -342,17 +353,18 @@ def test_a_cached_teacher_is_paid_once_per_example(smoke_run, tmp_path):
     nb = nbformat.read(project / "artifacts" / "smoke" / "executed" / "01_distill.ipynb", as_version=4)
     printed = json.dumps([o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])])
     assert "teacher targets: topk (k = 16)" in printed and "teacher (as loaded)" not in printed  # no live teacher
-    # a seed sweep registered (as `distill sweep` writes it): the cache stage alone is out of date, and it computes
-    # only the examples the new seed meets that no run cached before
-    (project / "pipelines" / "smoke" / "sweeps.yaml").write_text(yaml.safe_dump(
-        {"questions": 4, "reference": "c/distilled",
-         "sweeps": {"c": {"set": {}, "seeds": [1], "variants": ["distilled"]}}}, sort_keys=False))
+    # one more seed of the build's sweep registered (as `distill sweep` writes it): the cache stage alone is out of
+    # date, and it computes only the examples the new seed meets that no run cached before
+    registry = project / "pipelines" / "smoke" / "sweeps.yaml"
+    reg = yaml.safe_load(registry.read_text())
+    reg["sweeps"]["t"]["seeds"].append(2)
+    registry.write_text(yaml.safe_dump(reg, sort_keys=False))
     more = run_in_project(project, "run", "pipelines/smoke/params.yaml", "--only", "teacher-cache")
     assert more.returncode == 0, more.stdout[-3000:] + more.stderr[-3000:]
     assert RUN.findall(more.stdout) == ["teacher-cache"]
     line = next(x for x in more.stdout.splitlines() if "teacher cache:" in x)
     cached, computed = map(int, re.search(r"(\d+) from the cache, (\d+) computed", line).groups())
-    assert cached > 0, line  # the seed-0 run's examples that seed 1 meets again, and all of seed 0's
+    assert cached > 0, line  # the examples of seed 0 (the run) and seed 1, and those seed 2 meets again
 
 
 def test_the_notebook_trains_on_two_launched_processes_through_the_pipeline(smoke_run, tmp_path):
