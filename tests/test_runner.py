@@ -81,6 +81,28 @@ def test_manifest_bits():
     assert runner.device_info()["cpu_cores"] >= 1
 
 
+def test_the_manifest_calls_a_checkout_dirty_for_changed_code_not_for_what_runs_write(tmp_path, monkeypatch):
+    import subprocess
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    for name in ("lib/distill/x.py", "reports/run/index.html", "pipelines/run/dvc.lock"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("a")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "c")
+    monkeypatch.setattr(paths, "PROJECT_ROOT", tmp_path)
+    (tmp_path / "reports/run/index.html").write_text("b")  # a run's own outputs
+    (tmp_path / "pipelines/run/dvc.lock").write_text("b")
+    (tmp_path / "notes.txt").write_text("untracked")
+    assert runner.git_commit()["dirty"] is False
+    (tmp_path / "lib/distill/x.py").write_text("b")
+    assert runner.git_commit()["dirty"] is True
+
+
 def test_notebook_stages_cover_both_students(monkeypatch):
     monkeypatch.setattr(paths, "ARTIFACTS_DIR", paths.PROJECT_ROOT / "artifacts")  # DVC tracks only the project
     monkeypatch.setattr(paths, "REPORTS_DIR", paths.PROJECT_ROOT / "reports")

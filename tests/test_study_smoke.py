@@ -205,11 +205,14 @@ def test_kill_during_training_resumes_to_the_same_result_and_a_second_run_is_ref
     students = project / "artifacts" / "smoke" / "students" / "distilled"
     shutil.rmtree(students)  # the build's 4-step student: this run trains its own from step 0
     proc = _start(project, *args)
-    _wait_for(_holds_the_lock(project, proc), proc)
-    second = run_in_project(project, "run", "params/smoke.yaml", *args, timeout=120)
-    assert second.returncode == 2 and "run smoke is already running" in second.stderr, second.stderr
     _wait_for(lambda: (students / "checkpoint-2" / "trainer_state.json").exists(), proc)
-    os.killpg(proc.pid, signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGSTOP)  # frozen mid-training, still holding the run's lock, while a second run tries
+    try:
+        assert _holds_the_lock(project, proc)()
+        second = run_in_project(project, "run", "params/smoke.yaml", *args, timeout=120)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+    assert second.returncode == 2 and "run smoke is already running" in second.stderr, second.stderr
     proc.communicate()
     assert not (students / "best").exists(), "training finished before the kill: the test proves nothing"
     manifest = project / "reports" / "smoke" / "manifest.json"

@@ -57,9 +57,9 @@ def git_commit() -> dict[str, Any]:
     def git(*args: str) -> str:
         res = subprocess.run(["git", *args], cwd=paths.PROJECT_ROOT, capture_output=True, text=True)
         return res.stdout.strip() if res.returncode == 0 else ""
-    # dirty: a tracked file other than the committed reports differs from the commit (a run rewrites its own pages)
+    # dirty: a tracked file differs from the commit, other than what runs write (their pages and committed pipelines)
     return {"commit": git("rev-parse", "HEAD") or "unknown",
-            "dirty": bool(git("status", "--porcelain", "-uno", "--", ".", ":(exclude)reports"))}
+            "dirty": bool(git("status", "--porcelain", "-uno", "--", ".", ":(exclude)reports", ":(exclude)pipelines"))}
 
 
 def package_versions() -> dict[str, str]:
