@@ -201,7 +201,7 @@ def test_kill_during_training_resumes_to_the_same_result_and_a_second_run_is_ref
     """kill -9 the whole run while the distilled student trains, after its first checkpoint; run it again."""
     _, p = smoke_run
     project = p.snapshot(tmp_path / "project")
-    args = ["--set", "max_steps=8", "--set", "recovery_steps=0", "--only", "train-distilled"]
+    args = ["--set", "max_steps=16", "--set", "recovery_steps=0", "--only", "train-distilled"]
     students = project / "artifacts" / "smoke" / "students" / "distilled"
     shutil.rmtree(students)  # the build's 4-step student: this run trains its own from step 0
     proc = _start(project, *args)
@@ -239,7 +239,7 @@ def test_kill_during_training_resumes_to_the_same_result_and_a_second_run_is_ref
     again = json.loads((project / "reports" / "smoke" / "log_history_distilled.json").read_text())
     evals = [(e["step"], e["eval_loss"]) for e in history if "eval_loss" in e]
     fresh_evals = [(e["step"], e["eval_loss"]) for e in again if "eval_loss" in e]
-    assert [s for s, _ in evals] == [s for s, _ in fresh_evals] == list(range(2, 9, 2))
+    assert [s for s, _ in evals] == [s for s, _ in fresh_evals] == list(range(2, 17, 2))
     for (_, a), (_, b) in zip(evals, fresh_evals):
         assert a == pytest.approx(b, abs=1e-5)
 
