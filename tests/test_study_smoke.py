@@ -300,6 +300,14 @@ def test_kills_during_the_merge_and_the_report_then_the_same_command_equal_the_u
     _kill_during_then_rerun(smoke_run[1], tmp_path, ("merge", "report"))
 
 
+def _register_seed(project, seed: int) -> None:
+    """One more seed of the build's sweep `t`, written into its registry as `distill sweep` writes it."""
+    registry = project / "pipelines" / "smoke" / "sweeps.yaml"
+    reg = yaml.safe_load(registry.read_text())
+    reg["sweeps"]["t"]["seeds"].append(seed)
+    registry.write_text(yaml.safe_dump(reg, sort_keys=False))
+
+
 def test_seed_sweep_trains_scores_and_summarises_from_the_runs_models(smoke_run, tmp_path):
     """The build's sweep (conftest's SMOKE_SWEEP: seed 1 of both students on 4 questions, beside the run's seed 0);
     then, on a copy, the same call again and one more seed."""
@@ -329,10 +337,7 @@ def test_seed_sweep_trains_scores_and_summarises_from_the_runs_models(smoke_run,
     assert again.returncode == 0 and not RUN.findall(again.stdout), again.stdout[-2000:] + again.stderr[-2000:]
     # one more seed: DVC finds only that seed's stages (and the summary) out of date (running them is the same
     # `dvc repro` as above)
-    registry = project / "pipelines" / "smoke" / "sweeps.yaml"
-    reg = yaml.safe_load(registry.read_text())
-    reg["sweeps"]["t"]["seeds"].append(2)  # (the stages of seed 2, as those of seed 1 that ran above)
-    registry.write_text(yaml.safe_dump(reg, sort_keys=False))
+    _register_seed(project, 2)  # (the stages of seed 2, as those of seed 1 that ran above)
     written = run_in_project(project, "pipeline", "pipelines/smoke/params.yaml")  # the run as its sweeps have it
     assert written.returncode == 0, written.stderr[-2000:]
     status = _dvc(project, "status", "pipelines/smoke/dvc.yaml")
@@ -355,10 +360,7 @@ def test_a_cached_teacher_is_paid_once_per_example(smoke_run, tmp_path):
     assert "teacher targets: topk (k = 16)" in printed and "teacher (as loaded)" not in printed  # no live teacher
     # one more seed of the build's sweep registered (as `distill sweep` writes it): the cache stage alone is out of
     # date, and it computes only the examples the new seed meets that no run cached before
-    registry = project / "pipelines" / "smoke" / "sweeps.yaml"
-    reg = yaml.safe_load(registry.read_text())
-    reg["sweeps"]["t"]["seeds"].append(2)
-    registry.write_text(yaml.safe_dump(reg, sort_keys=False))
+    _register_seed(project, 2)
     more = run_in_project(project, "run", "pipelines/smoke/params.yaml", "--only", "teacher-cache")
     assert more.returncode == 0, more.stdout[-3000:] + more.stderr[-3000:]
     assert RUN.findall(more.stdout) == ["teacher-cache"]
