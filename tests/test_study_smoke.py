@@ -3,6 +3,7 @@
 The study, a seed sweep of it and a capacity grid are built once per test run (conftest's `smoke_build`, shared by
 pytest-xdist's workers); the tests that read them share them, and every test that runs something (kills, a cache, two
 processes, a sweep's next call) works on a snapshot, so it re-runs only the stages its claim needs."""
+import contextlib
 import json
 import os
 import re
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 
 import nbformat
+import psutil
 import pytest
 import yaml
 from conftest import SMOKE_SWEEP, project_env, run_in_project
@@ -197,20 +199,28 @@ def _holds_the_lock(project, proc):
     return lambda: lock.exists() and lock.read_text().startswith(f"pid {proc.pid},")
 
 
+def _kill_all(proc) -> str:
+    """kill -9 the run and everything under it (the notebook's kernel runs in a session of its own, so the run's
+    process group alone would leave it training for up to a second); returns what the run printed."""
+    below = psutil.Process(proc.pid).children(recursive=True)
+    os.killpg(proc.pid, signal.SIGKILL)
+    for child in below:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
+    return proc.communicate()[0]
+
+
 def test_kill_during_training_resumes_to_the_same_result_and_a_second_run_is_refused(smoke_run, tmp_path):
-    """kill -9 the whole run while the distilled student trains, after its first checkpoint; run it again."""
+    """kill -9 the whole run as the distilled student's first checkpoint lands; run it again, and while that runs
+    a second run is refused."""
     _, p = smoke_run
     project = p.snapshot(tmp_path / "project")
     args = ["--set", "max_steps=12", "--set", "recovery_steps=0", "--only", "train-distilled"]
     students = project / "artifacts" / "smoke" / "students" / "distilled"
     shutil.rmtree(students)  # the build's 4-step student: this run trains its own from step 0
     proc = _start(project, *args)
-    _wait_for(_holds_the_lock(project, proc), proc)
-    second = run_in_project(project, "run", "params/smoke.yaml", *args, timeout=120)
-    assert second.returncode == 2 and "run smoke is already running" in second.stderr, second.stderr
     _wait_for(lambda: (students / "checkpoint-2" / "trainer_state.json").exists(), proc)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.communicate()
+    _kill_all(proc)
     assert not (students / "best").exists(), "training finished before the kill: the test proves nothing"
     manifest = project / "reports" / "smoke" / "manifest.json"
     assert json.loads(manifest.read_text())["status"] == "running"  # never a stale "ok"
@@ -222,9 +232,13 @@ def test_kill_during_training_resumes_to_the_same_result_and_a_second_run_is_ref
     (half / "trainer_state.json").unlink()
     (half / "optimizer.pt").write_bytes(b"")
 
-    resumed = run_in_project(project, "run", "params/smoke.yaml", *args)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert set(RUN.findall(resumed.stdout)) == {"train-distilled"}
+    resumed = _start(project, *args)
+    _wait_for(_holds_the_lock(project, resumed), resumed)
+    second = run_in_project(project, "run", "params/smoke.yaml", *args, timeout=120)
+    assert second.returncode == 2 and "run smoke is already running" in second.stderr, second.stderr
+    out, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, out[-3000:] + err[-3000:]
+    assert set(RUN.findall(out)) == {"train-distilled"}
     executed = (project / "artifacts" / "smoke" / "executed" / "01_distill.ipynb").read_text()
     assert "resuming distilled from checkpoint-" in executed and "checkpoint-900" not in executed
     assert not half.exists()
@@ -264,8 +278,7 @@ def _kill_during_then_rerun(p, tmp_path, killed: tuple[str, ...]):
         proc = _start(project, env=env)
         _wait_for(partial.exists, proc)
         time.sleep(1.0)
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
+        out = _kill_all(proc)
         assert set(RUN.findall(out)) <= set(killed), out[-2000:]
         manifest = json.loads((report_dir / "manifest.json").read_text())
         assert manifest["status"] == "running", f"after a kill during {stage}: {manifest['status']}"

