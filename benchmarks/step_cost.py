@@ -11,6 +11,8 @@ Side by side in one run, each kind in a fresh process (so each peak RSS is its o
                      and k, top-k 16 if it has none, at its temperature), no teacher forward (beta_mse 0)
   kd_cached_live_hidden_step  the same plus a hidden-state term (the profile's beta_mse, 0.1 if it has
                      none), the teacher run live for its states
+  onpolicy_step      an on-policy (GKD) step: the student samples its answers (the profile's onpolicy_temperature
+                     and onpolicy_max_new_tokens), the live teacher scores them, the divergence on the samples
 Every step projects onto the vocabulary only at the rows its losses read (distill_positions).
 It prints the ratios and writes reports/<run>/step_cost.json. Needs the run's teacher and student (make study).
 Run: make bench-step   (or python benchmarks/step_cost.py params/<profile>.yaml)
@@ -32,7 +34,7 @@ from distill.kd.trainer import DistillationTrainer
 from distill.parts import data, models, teacher_cache
 from distill.study import steps, training
 
-KINDS = ("ce_step", "teacher_forward", "kd_live_step", "kd_cached_step", "kd_cached_live_hidden_step")
+KINDS = ("ce_step", "teacher_forward", "kd_live_step", "kd_cached_step", "kd_cached_live_hidden_step", "onpolicy_step")
 
 
 def measure(profile: str, kind: str, n_steps: int, k: int) -> dict:
@@ -58,6 +60,8 @@ def measure(profile: str, kind: str, n_steps: int, k: int) -> dict:
         lp = p.replace(beta_mse=0.0)
     elif kind == "kd_cached_live_hidden_step":
         lp = p.replace(beta_mse=p.beta_mse or 0.1)
+    elif kind == "onpolicy_step":
+        lp = p.replace(lmbda=1.0, gamma_kl=p.gamma_kl or 1.0, beta_mse=0.0)
     else:
         lp = p
     cfg = training.loss_config(lp, n_student, n_teacher, vocab, pruned_from)
@@ -72,7 +76,7 @@ def measure(profile: str, kind: str, n_steps: int, k: int) -> dict:
     optimizer = torch.optim.AdamW(trainable, lr=p.learning_rate)
     args = training.training_args(p, Path("/tmp/step_cost_unused"), 1, p.learning_rate, evaluate=False)
     trainer = DistillationTrainer(model=student, args=args, teacher=teacher if cfg.uses_teacher else None,
-                                  loss_config=cfg, projection=projection)
+                                  loss_config=cfg, projection=projection, onpolicy=training.onpolicy_config(lp, tok))
     inputs = dict(batch)
     cache_bytes = 0
     fmt = p.teacher_cache if p.teacher_cache != "none" else "topk"
@@ -148,6 +152,8 @@ def main() -> int:
     live, cached = out["kd_live_step"]["median_s"], out["kd_cached_step"]["median_s"]
     summary = {"ce_step_s": ce, "teacher_forward_s": fwd, "kd_live_step_s": live, "kd_cached_step_s": cached,
                "kd_cached_live_hidden_step_s": out["kd_cached_live_hidden_step"]["median_s"],
+               "onpolicy_step_s": out["onpolicy_step"]["median_s"],
+               "onpolicy_vs_ce": out["onpolicy_step"]["median_s"] / ce,
                "cache_bytes_per_token": out["kd_cached_step"]["cache_bytes_per_token"],
                "live_vs_ce_plus_teacher": live / (ce + fwd), "cached_vs_ce": cached / ce, "live_vs_ce": live / ce,
                "goals": {"kd_live_step_s <= 1.10 x (ce_step_s + teacher_forward_s)": live <= 1.10 * (ce + fwd),
@@ -156,6 +162,8 @@ def main() -> int:
     print(f"\nkd_live / (ce + teacher forward) = {summary['live_vs_ce_plus_teacher']:.2f}x   (goal <= 1.10)")
     print(f"kd_cached / ce                    = {summary['cached_vs_ce']:.2f}x   (goal <= 1.05)")
     print(f"kd_live / ce                      = {summary['live_vs_ce']:.2f}x")
+    print(f"on-policy / ce                    = {summary['onpolicy_vs_ce']:.2f}x   (the student samples, the teacher "
+          "scores)")
     print(f"cache bytes per token (k = {args.k}): {summary['cache_bytes_per_token']}")
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 

@@ -126,6 +126,13 @@ class StudyParams:
     kd_sparse_tail: Literal["bucket", "renormalize"] = _f(
         "bucket", "teacher_cache topk: the mass outside the kept tokens is one more outcome (bucket) or dropped and "
                   "both sides renormalised")
+    lmbda: float = _f(0.0, "on-policy distillation (GKD; TRL GKDConfig.lmbda): the fraction of training batches "
+                           "whose answers the student samples itself, scored by the live teacher with kd_kind "
+                           "(TRL's beta: 0 = forward_kl, 1 = reverse_kl, between = jsd with jsd_beta); 0 = off",
+                      min=0.0, max=1.0)
+    onpolicy_temperature: float = _f(1.0, "on-policy: the student's sampling temperature, top_k 0 and top_p 1 "
+                                          "(TRL GKDConfig.temperature)", gt=0)
+    onpolicy_max_new_tokens: int = _f(16, "on-policy: longest sampled answer (TRL GKDConfig.max_new_tokens)", min=1)
     layer_map: list[int] = _f([], "teacher layer for each student layer; empty = uniform spread")
     hidden_loss: Literal["mse", "cosine"] = _f("mse", "hidden-state loss; mse is normalised by the teacher's mean square")
 
@@ -166,6 +173,9 @@ class StudyParams:
         if self.teacher_cache == "sampled" and self.kd_kind != "forward_kl":
             raise ParamsError(f"teacher_cache: sampled estimates the forward KL only; got kd_kind: {self.kd_kind} "
                               "(use teacher_cache: topk, or kd_kind: forward_kl)")
+        if self.lmbda > 0 and self.gamma_kl == 0:
+            raise ParamsError(f"lmbda: {self.lmbda} has the teacher score the student's own answers through the "
+                              "divergence; it needs gamma_kl > 0 (or set lmbda: 0)")
         if self.capacity_keep:
             if self.student != "prune":
                 raise ParamsError(f"capacity_keep: {self.capacity_keep} cuts students from the teacher; it needs "
@@ -208,7 +218,9 @@ class StudyParams:
 
     @property
     def needs_live_teacher(self) -> bool:
-        return self.beta_mse > 0 or (self.gamma_kl > 0 and not self.uses_teacher_cache)
+        """The teacher itself runs during training: hidden states, a dense divergence, or on-policy batches (a
+        cache holds targets for the gold answers only, not for the student's samples)."""
+        return self.beta_mse > 0 or (self.gamma_kl > 0 and not self.uses_teacher_cache) or self.lmbda > 0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -64,7 +64,7 @@ def token_ce(logits: torch.Tensor, targets: torch.Tensor, num_items=None) -> tor
 
 
 def _log_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    x = logits.float()
+    x = logits if logits.dtype == torch.float64 else logits.float()  # at least float32 (bf16 logits are upcast)
     if temperature != 1.0:
         x = x / temperature
     neg_inf = torch.isneginf(x)

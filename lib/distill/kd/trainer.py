@@ -1,15 +1,17 @@
 """The DistillationTrainer: a Hugging Face Trainer whose `compute_loss` adds teacher terms.
 
 `batch_loss` is the composite loss of one batch (what a training step computes; a notebook calls it on one batch
-before training to see each term). Everything else (logging the components, saving the projection, NaN stops) is done by callbacks,
+before training to see each term); `onpolicy_batch_loss` is GKD's on-policy step, taken on a fraction `lmbda` of
+the training batches (`onpolicy.OnPolicy`). Everything else (logging the components, saving the projection, NaN stops) is done by callbacks,
 so the Trainer's own loop, checkpointing and gradient accumulation stay untouched.
 """
 from __future__ import annotations
 
+import random
 import sys
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +20,12 @@ from transformers import Trainer, TrainerCallback
 
 from distill.kd import group, losses
 from distill.kd.losses import HiddenProjection
+from distill.kd.onpolicy import OnPolicy, sample_answers
 
-# every component the meter may hold, in one order on every rank (a rank without eval batches still joins the sum)
-COMPONENTS = ("ce", "kd", "hidden", "total", "weighted_ce", "weighted_kd", "weighted_hidden")
+# every component the meter may hold, in one order on every rank (a rank without eval batches still joins the sum);
+# "onpolicy" counts the micro-batches the student answered itself, "onpolicy_kd" is their divergence
+COMPONENTS = ("ce", "kd", "hidden", "onpolicy_kd", "total", "weighted_ce", "weighted_kd", "weighted_hidden",
+              "weighted_onpolicy_kd", "onpolicy")
 
 
 @dataclass
@@ -155,16 +160,39 @@ def batch_loss(model, inputs: dict[str, torch.Tensor], cfg: LossConfig, *, teach
     return BatchLoss(loss, terms, outputs)
 
 
+def onpolicy_batch_loss(model, generator, inputs: dict[str, torch.Tensor], cfg: LossConfig, onpolicy: OnPolicy, *,
+                        teacher, num_items_in_batch=None) -> BatchLoss:
+    """GKD's on-policy step: `generator` (the student, unwrapped from any DDP wrapper) samples every prompt's answer
+    and the loss is gamma_kl x the divergence (cfg's kind, jsd_beta and temperature, x T^2) from the live teacher
+    on the sampled tokens, through `model`. No CE (a sample is not a target) and no hidden term, as in TRL's
+    GKDTrainer. It is a mean per sampled token weighted by the batch's share of the accumulation window's answer
+    tokens (1 without accumulation), so an on-policy batch weighs what the gold batch it replaces would have."""
+    if teacher is None:
+        raise ValueError("on-policy distillation (lmbda > 0) needs the live teacher to score the student's samples")
+    sampled = sample_answers(generator, inputs, onpolicy)
+    n_gold = (inputs["labels"][:, 1:] != -100).sum().clamp(min=1)
+    share = n_gold / num_items_in_batch if num_items_in_batch is not None else 1.0
+    n_sampled = (sampled["labels"][:, 1:] != -100).sum().clamp(min=1)
+    kd_cfg = replace(cfg, alpha_ce=0.0, beta_mse=0.0, distill_positions="answer")
+    return batch_loss(model, sampled, kd_cfg, teacher=teacher, num_items_in_batch=n_sampled / share)
+
+
 class DistillationTrainer(Trainer):
     """`alpha_ce * CE + gamma_kl * KD + beta_mse * hidden`; a zero weight skips its term (and the teacher).
 
     In evaluation the returned loss is the answer CE alone (what `eval_loss` and checkpoint selection see);
-    every term and the weighted total are logged beside it.
+    every term and the weighted total are logged beside it. With `onpolicy.lmbda` > 0 a training batch is, with
+    that probability, answered by the student and scored by the teacher instead (`onpolicy_batch_loss`); the draw
+    uses Python's `random`, whose state the Trainer's checkpoints keep, so a resumed run draws as the whole one.
     """
     def __init__(self, *args, teacher=None, teacher_placement: str = "replicated", loss_config: LossConfig,
-                 projection=None, meter: ComponentMeter | None = None, **kwargs):
+                 projection=None, meter: ComponentMeter | None = None, onpolicy: OnPolicy | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.loss_config = loss_config
+        self.onpolicy = onpolicy or OnPolicy()
+        if self.onpolicy.lmbda > 0 and (teacher is None or loss_config.gamma_kl == 0):
+            raise ValueError("lmbda > 0 (on-policy batches) needs gamma_kl > 0 and the live teacher to score the "
+                             "student's samples")
         self.teacher = teacher
         self.projection = projection
         self.meter = meter or ComponentMeter()
@@ -185,18 +213,25 @@ class DistillationTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         cfg = self.loss_config
         mode = "train" if model.training else "eval"
-        result = batch_loss(model, inputs, cfg, teacher=self.teacher, projection=self.projection,
-                            evaluating=mode == "eval", num_items_in_batch=num_items_in_batch)
+        onpolicy = mode == "train" and self.onpolicy.lmbda > 0 and random.random() < self.onpolicy.lmbda
+        if onpolicy:
+            result = onpolicy_batch_loss(model, self.accelerator.unwrap_model(model), inputs, cfg, self.onpolicy,
+                                         teacher=self.teacher, num_items_in_batch=num_items_in_batch)
+            result.terms = {"onpolicy_kd": result.terms["kd"]}
+        else:
+            result = batch_loss(model, inputs, cfg, teacher=self.teacher, projection=self.projection,
+                                evaluating=mode == "eval", num_items_in_batch=num_items_in_batch)
         terms, loss = result.terms, result.loss
         for name, value in terms.items():
             if not torch.isfinite(value):
                 raise FloatingPointError(
                     f"loss term {name!r} became {value.item()} at step {self.state.global_step}: lower learning_rate, "
                     "check the data, or set its weight to 0")
-        weights = {"ce": cfg.alpha_ce, "kd": cfg.gamma_kl, "hidden": cfg.beta_mse}
+        weights = {"ce": cfg.alpha_ce, "kd": cfg.gamma_kl, "hidden": cfg.beta_mse, "onpolicy_kd": cfg.gamma_kl}
         self.meter.add(mode, {**{k: float(v.detach()) for k, v in terms.items()},
                               "total": float(loss.detach()),
-                              **{f"weighted_{k}": weights[k] * float(v.detach()) for k, v in terms.items()}})
+                              **{f"weighted_{k}": weights[k] * float(v.detach()) for k, v in terms.items()},
+                              **({"onpolicy": float(onpolicy)} if self.onpolicy.lmbda > 0 and mode == "train" else {})})
         if mode == "train" and num_items_in_batch is not None and self.args.average_tokens_across_devices:
             # this rank's loss is its share of the global sum (num_items_in_batch counts every rank's tokens) and
             # DDP averages the ranks' gradients: scaling by N makes that average the gradient of the sum, as

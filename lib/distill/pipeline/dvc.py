@@ -86,7 +86,8 @@ TRAINER = ["batch_size", "grad_accum_steps", "warmup_ratio", "weight_decay", "lo
            "gradient_checkpointing", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules"]
 STUDENT_TRAINING = ["use_lora", "learning_rate", "max_steps", "eval_steps", "recovery_steps", "alpha_ce"]
 TEACHER_TERMS = ["gamma_kl", "beta_mse", "temperature", "kd_kind", "jsd_beta", "kd_chunk_size",
-                 "distill_positions", "layer_map", "hidden_loss"]
+                 "distill_positions", "layer_map", "hidden_loss", "lmbda", "onpolicy_temperature",
+                 "onpolicy_max_new_tokens"]
 GENERATION = ["max_new_tokens", "bench_batch_size"]
 PROCESSES = ["num_processes", "accelerate_config"]  # training and the teacher cache may run on N processes
 SCORING = ["seed", "device", "torch_threads", "model_dtype", "squad_dir", "data_pool_rows", "bench_size",

@@ -15,7 +15,7 @@ from distill.core.params import ParamsError, StudyParams
 # The students a run trains: distilled from the teacher, and the CE-only baseline (gamma_kl = beta_mse = 0).
 VARIANTS = ("distilled", "ce_baseline")
 VARIANT_OVERRIDES = {"distilled": {"variant": "distilled"},
-                     "ce_baseline": {"variant": "ce_baseline", "gamma_kl": 0.0, "beta_mse": 0.0}}
+                     "ce_baseline": {"variant": "ce_baseline", "gamma_kl": 0.0, "beta_mse": 0.0, "lmbda": 0.0}}
 # The models a run scores: the teacher, the student before training, and both trained students.
 MODELS = ("teacher", "student_before", "ce_baseline", "distilled")
 PIPELINES_DIR = paths.PROJECT_ROOT / "pipelines"

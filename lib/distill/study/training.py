@@ -23,6 +23,7 @@ from distill.core import procs
 from distill.core.params import StudyParams, from_mapping
 from distill.core.paths import atomic_folder, hash_config, write_text_atomic
 from distill.kd import group, losses
+from distill.kd.onpolicy import OnPolicy
 from distill.kd.trainer import (
     ComponentLogCallback,
     ComponentMeter,
@@ -108,13 +109,15 @@ def training_args(p: StudyParams, output_dir: Path, max_steps: int, learning_rat
 
 def train(p: StudyParams, student, tokenizer, train_features, eval_features, output_dir: Path, *,
           teacher=None, cfg: LossConfig, max_steps: int | None = None, learning_rate: float | None = None,
-          projection=None, inputs: tuple[str, ...] = (), teacher_targets=None) -> TrainResult:
+          projection=None, inputs: tuple[str, ...] = (), teacher_targets=None,
+          onpolicy: OnPolicy | None = None) -> TrainResult:
     """Train `student` (LoRA or full) with the composite loss; keep and save the best checkpoint.
 
     A killed run resumes from its last complete checkpoint (optimizer, scheduler, RNG and data order
     restored by the Trainer) when that checkpoint was made with the same settings from the same input
     model folders (`inputs`); otherwise old checkpoints are removed and training starts over.
-    `teacher_targets` (a teacher_cache.CachedTargets) puts the cached sparse targets into every batch.
+    `teacher_targets` (a teacher_cache.CachedTargets) puts the cached sparse targets into every batch; `onpolicy`
+    has the student answer a fraction of the batches itself (`onpolicy_config`).
     """
     output_dir = Path(output_dir)
     if cfg.beta_mse > 0 and projection is None:
@@ -156,7 +159,8 @@ def train(p: StudyParams, student, tokenizer, train_features, eval_features, out
         model=student, args=args, train_dataset=ListDataset(train_features),
         eval_dataset=ListDataset(eval_features) if eval_features else None,
         data_collator=collator, teacher=teacher, teacher_placement=p.teacher_placement, loss_config=cfg,
-        projection=projection if cfg.beta_mse > 0 else None, meter=meter, callbacks=callbacks, **optimizer)
+        projection=projection if cfg.beta_mse > 0 else None, meter=meter, onpolicy=onpolicy, callbacks=callbacks,
+        **optimizer)
     trainer.remove_callback(PrinterCallback)  # it prints every log dict; ProgressLineCallback says it in a line
     if resume is not None and group.is_main():
         print(f"resuming {output_dir.name} from {resume.name} (same settings and input models)", flush=True)
@@ -379,6 +383,14 @@ def marked_example(tokenizer, feature: dict[str, Any], tail: int = 300) -> str:
             tokenizer.decode([t for t in feature["labels"] if t != -100]) + "]]")
 
 
+def onpolicy_config(p: StudyParams, tokenizer) -> OnPolicy | None:
+    """The on-policy batches' settings (GKD; TRL's GKDConfig names), or None when `lmbda` is 0."""
+    if not p.lmbda:
+        return None
+    return OnPolicy(lmbda=p.lmbda, temperature=p.onpolicy_temperature, max_new_tokens=p.onpolicy_max_new_tokens,
+                    pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+
+
 def make_collator(tokenizer, cfg: LossConfig, targets=None):
     """Pads a list of examples into a batch; with cached teacher targets and a divergence, adds them."""
     base = TrainCollator(tokenizer.pad_token_id)
@@ -438,7 +450,8 @@ def fit(p: StudyParams, student, tokenizer, encoded: dict[str, Any], signal: Tea
                     "before it")
         recovery_history = read_log_history(out_dir / "recovery")
     result = train(p, student, tokenizer, train_enc.features, eval_enc.features, out_dir, teacher=signal.model,
-                   cfg=cfg, projection=projection, inputs=inputs, teacher_targets=signal.targets)
+                   cfg=cfg, projection=projection, inputs=inputs, teacher_targets=signal.targets,
+                   onpolicy=onpolicy_config(p, tokenizer))
     state = result.trainer.state
     best_step = int(state.best_model_checkpoint.rsplit("-", 1)[1]) if state.best_model_checkpoint else None
     return TrainingOutcome(
