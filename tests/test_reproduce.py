@@ -300,7 +300,8 @@ def capacity_run(root: Path, run: str, change=None) -> Path:
                 "latency_batch1_ms_median": 370.0}]
     records += [{"variant": v, "layers": 22, "params_m": 106.2, "seed": s, "n_questions": 3, "exact_match": 10.0 + s,
                  "f1": 20.0 + s + (v == "distilled") * 6, "answer_loss": 1.4, "top1_accuracy": 0.7,
-                 "latency_batch1_ms_median": 300.0 + s} for v in ("ce_baseline", "distilled") for s in (0, 1)]
+                 "latency_batch1_ms_median": 300.0 + s, "predictions": {"q1": "Paris", "q2": v, "q3": str(s)}}
+                for v in ("ce_baseline", "distilled") for s in (0, 1)]
     if change:
         change(records)
     folder = root / run
@@ -317,15 +318,45 @@ def test_two_capacity_grids_are_compared_record_by_record(tmp_path):
     assert c.verdict == IDENTICAL and not c.gaps
     assert len(c.scored) == 5 * 8 and len(c.measured) == 5  # layers, seed, params, n, EM, F1, loss, top-1; a timing
     assert row(c, "distilled 22 layers seed 1", "f1").a == 27.0
+    assert [(x.differ, x.compared) for x in c.answers] == [(0, 3)] * 4  # the cells' answers by question id
 
     def moved(records):
-        records[-1]["f1"] += 0.5  # one seed of the distilled 22-layer student
+        records[-1]["f1"] += 0.5  # one seed of the distilled 22-layer student, one answer
+        records[-1]["predictions"]["q2"] = "other"
     c = reproduce.compare_runs(a, capacity_run(tmp_path, "moved", moved))
     assert c.verdict == DIFFER and row(c, "distilled 22 layers seed 1", "f1").status == DIFFER
     assert [r.model for r in c.scored if r.status != IDENTICAL] == ["distilled 22 layers seed 1"]
+    assert [(x.model, x.differ) for x in c.answers if x.differ] == [("distilled 22 layers seed 1", 1)]
 
     def lost(records):
         del records[1]
     assert "model 'ce_baseline 22 layers seed 0' only in run A" in reproduce.compare_runs(
         a, capacity_run(tmp_path, "lost", lost)).gaps
 
+
+
+def test_finished_cells_of_two_grids_are_put_together_and_compared(tmp_path):
+    """benchmarks/capacity_cells.py: the score files of the cells two grids both finished, as capacity.json."""
+    import subprocess
+    import sys
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "capacity_cells.py"
+    for run, answer in (("a", "Paris"), ("b", "Paris"), ("c", "Lyon")):
+        for cell in ("teacher/scores_3q.json", "keep22/seed0/scores/distilled_3q.json"):
+            f = tmp_path / run / "grid" / cell
+            f.parent.mkdir(parents=True)
+            f.write_text(json.dumps({"variant": cell.split("/")[0], "layers": 22, "seed": 0, "f1": 50.0,
+                                     "question_ids": ["q1", "q2"], "predictions": {"q1": answer, "q2": "x"},
+                                     "f1_per_question": [1.0, 0.0], "latency_batch1_ms_median": 9.0}))
+        said = subprocess.run([sys.executable, str(script), str(tmp_path / run / "grid"), str(tmp_path / run / "out"),
+                               "--cells", "teacher/scores_3q.json", "keep22/seed0/scores/distilled_3q.json"],
+                              capture_output=True, text=True)
+        assert said.returncode == 0, said.stderr
+    same = reproduce.compare_runs(tmp_path / "a" / "out", tmp_path / "b" / "out")
+    assert same.verdict == IDENTICAL
+    text = reproduce.format_comparison(same)  # no manifests: nothing is said to be the same that was not compared
+    assert "neither run has a manifest.json" in text and "all the same" not in text
+    c = reproduce.compare_runs(tmp_path / "a" / "out", tmp_path / "c" / "out")
+    assert c.verdict == DIFFER and sum(x.differ for x in c.answers) == 2
+    bad = subprocess.run([sys.executable, str(script), str(tmp_path / "a" / "grid"), str(tmp_path / "x"), "--cells",
+                          "nope.json"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "no such cell score file" in bad.stderr

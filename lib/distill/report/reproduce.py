@@ -139,7 +139,8 @@ PARAMS_IGNORED = {"run_name", "output_dir", "deploy_dir", "base_run_dir"}
 # results.json meta fields that are not the scoring setup
 META_IGNORED = {"run_name", "runtime_rss_mb", "question_ids"}
 # per-model fields that are not numbers to compare (the answers are compared by question id)
-MODEL_LISTS = {"raw_generations", "predictions", "question_ids", "references"}
+MODEL_LISTS = {"raw_generations", "predictions", "question_ids", "references",
+               "f1_per_question", "em_per_question"}  # per question: they follow from the answers, compared below
 # results.json model name -> sweep variant, for the names results.py writes (a model's own "model" key wins)
 SWEEP_VARIANTS = {"teacher": "teacher", "student (before training)": "student_before", "CE-only student": "ce_baseline",
                   "distilled student": "distilled"}
@@ -337,10 +338,12 @@ def _judge(a: float, b: float, sd: float | None) -> str:
 
 def _answers(model: str, ra: dict[str, Any], rb: dict[str, Any]) -> AnswerDiff | None:
     pa, pb = ra.get("predictions"), rb.get("predictions")
-    if not isinstance(pa, list) or not isinstance(pb, list):
-        return None
     ia, ib = ra.get("question_ids"), rb.get("question_ids")
-    if isinstance(ia, list) and isinstance(ib, list) and len(ia) == len(pa) and len(ib) == len(pb):
+    if isinstance(pa, dict) and isinstance(pb, dict):  # {question id: answer}, as a capacity cell's scores hold them
+        da, db = pa, pb
+    elif not isinstance(pa, list) or not isinstance(pb, list):
+        return None
+    elif isinstance(ia, list) and isinstance(ib, list) and len(ia) == len(pa) and len(ib) == len(pb):
         da, db = dict(zip(ia, pa)), dict(zip(ib, pb))
     else:  # no ids: by position
         da, db = dict(enumerate(pa)), dict(enumerate(pb))
@@ -365,7 +368,7 @@ def environment_differences(ma: dict[str, Any] | None, mb: dict[str, Any] | None
                             meta_b: dict[str, Any]) -> list[EnvDifference]:
     """What the two manifests (and the results' setup) record differently that could explain a difference."""
     out: list[EnvDifference] = []
-    if ma is None or mb is None:
+    if (ma is None) != (mb is None):  # (neither recorded: a caveat of compare_runs, not a difference)
         out.append(EnvDifference("manifest.json", "", "recorded" if ma is not None else None,
                                  "recorded" if mb is not None else None))
     ma, mb = ma or {}, mb or {}
@@ -427,7 +430,7 @@ def compare_runs(a: Path, b: Path) -> Comparison:
             va, vb = xa[metric], xb[metric]
             if metric in MODEL_LISTS:
                 gaps += [f"{model}: {metric} is {_raw(v)} in run {label}, not a list"
-                         for label, v in (("A", va), ("B", vb)) if not isinstance(v, list)]
+                         for label, v in (("A", va), ("B", vb)) if not isinstance(v, (list, dict))]
                 continue
             if isinstance(va, str) and isinstance(vb, str):
                 continue  # setup words (device, disk_kind): listed with the environment below
@@ -468,6 +471,8 @@ def compare_runs(a: Path, b: Path) -> Comparison:
             env += [EnvDifference(f"results[{model}]", k, xa[k], xb.get(k)) for k in xa
                     if isinstance(xa[k], str) and k in xb and xa[k] != xb[k]]
     caveats = []
+    if ma is None and mb is None:
+        caveats.append("neither run has a manifest.json: their params, packages and machines were not compared")
     ga, gb = (ma or {}).get("git") or {}, (mb or {}).get("git") or {}
     if ga.get("dirty") or gb.get("dirty"):
         which = "both runs were" if ga.get("dirty") and gb.get("dirty") else f"run {'A' if ga.get('dirty') else 'B'} was"
@@ -566,6 +571,8 @@ def format_comparison(c: Comparison) -> str:
     if c.environment:
         lines += ["what the two runs record differently (could explain a difference):"]
         lines += [f"  {e}" for e in c.environment]
+    elif any(x.startswith("neither run has a manifest.json") for x in c.caveats):
+        lines += ["what the two runs record differently: nothing in their scoring setups (no manifests to say more)"]
     else:
         lines += ["what the two runs record differently: nothing (params, packages, machine, device, git commit, "
                   "scoring setup all the same)"]
