@@ -212,12 +212,14 @@ def _kill_all(proc) -> str:
 
 def test_kill_during_training_resumes_to_the_same_result_and_a_second_run_is_refused(smoke_run, tmp_path):
     """kill -9 the whole run as the distilled student's first checkpoint lands; run it again, and while that runs
-    a second run is refused."""
+    a second run is refused. The uninterrupted run it must equal trains meanwhile in a copy of its own."""
     _, p = smoke_run
-    project = p.snapshot(tmp_path / "project")
+    project, whole = p.snapshot(tmp_path / "project"), p.snapshot(tmp_path / "whole")
     args = ["--set", "max_steps=12", "--set", "recovery_steps=0", "--only", "train-distilled"]
     students = project / "artifacts" / "smoke" / "students" / "distilled"
-    shutil.rmtree(students)  # the build's 4-step student: this run trains its own from step 0
+    for folder in (project, whole):  # the build's 4-step student: these runs train their own from step 0
+        shutil.rmtree(folder / "artifacts" / "smoke" / "students" / "distilled")
+    uninterrupted = _start(whole, *args)
     proc = _start(project, *args)
     _wait_for(lambda: (students / "checkpoint-2" / "trainer_state.json").exists(), proc)
     _kill_all(proc)
@@ -245,9 +247,9 @@ def test_kill_during_training_resumes_to_the_same_result_and_a_second_run_is_ref
     assert json.loads(manifest.read_text())["status"] == "ok"
     history = json.loads((project / "reports" / "smoke" / "log_history_distilled.json").read_text())
 
-    fresh = run_in_project(project, "run", "params/smoke.yaml", *args, "--set", "resume=false", "--force")
-    assert fresh.returncode == 0, fresh.stdout[-3000:] + fresh.stderr[-3000:]
-    again = json.loads((project / "reports" / "smoke" / "log_history_distilled.json").read_text())
+    out, err = uninterrupted.communicate(timeout=600)
+    assert uninterrupted.returncode == 0, out[-3000:] + err[-3000:]
+    again = json.loads((whole / "reports" / "smoke" / "log_history_distilled.json").read_text())
     evals = [(e["step"], e["eval_loss"]) for e in history if "eval_loss" in e]
     fresh_evals = [(e["step"], e["eval_loss"]) for e in again if "eval_loss" in e]
     assert [s for s, _ in evals] == [s for s, _ in fresh_evals] == list(range(2, 13, 2))
