@@ -8,14 +8,13 @@ scoring stages wrote them: scores, answers by question id, per-question F1) toge
     python benchmarks/capacity_cells.py <checkout B>/artifacts/capacity_cpu/capacity reports/<somewhere>/B [--cells ...]
     python -m distill compare reports/<somewhere>/A reports/<somewhere>/B
 
-Each folder gets `capacity.json` ({"records": [...], "question_ids", "n_questions", "cells"}) and a copy of the
-score files under `cells/`.
+Each folder gets `capacity.json`: {"records": [each score file's JSON, whole], "question_ids", "n_questions",
+"cells": [the score files' paths under capacity_dir]}.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from pathlib import Path
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("capacity_dir", help="artifacts/<run>/capacity of a checkout")
-    parser.add_argument("out", help="the folder to write capacity.json (and cells/) into")
+    parser.add_argument("out", help="the folder to write capacity.json into")
     parser.add_argument("--cells", nargs="+", help="only these score files, relative to capacity_dir (e.g. "
                         "teacher/scores_300q.json keep22/seed0/scores/distilled_300q.json); default: every one")
     args = parser.parse_args()
@@ -44,11 +43,7 @@ def main() -> int:
     if len(ids) != 1:
         print(f"{root}: the cells were scored on different questions; compare cells of one grid", file=sys.stderr)
         return 2
-    (out / "cells").mkdir(parents=True, exist_ok=True)
-    for f in files:
-        target = out / "cells" / f.relative_to(root)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(f, target)
+    out.mkdir(parents=True, exist_ok=True)
     question_ids = list(next(iter(ids)))
     grid = {"records": records, "question_ids": question_ids, "n_questions": len(question_ids),
             "cells": [f.relative_to(root).as_posix() for f in files]}
