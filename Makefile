@@ -8,6 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 PROFILE ?= smollm2-135m_to_pruned24_cpu
 CAPACITY_PROFILE ?= capacity_cpu
+SIGNAL_PROFILE ?= signal_cpu
 # A seed sweep: SWEEP names the setting, SWEEP_ARGS changes it, e.g. SWEEP_ARGS='--set distill_positions=answer'
 SWEEP ?= default
 SEEDS ?= 0,1,2
@@ -20,7 +21,7 @@ export SQUAD_DIR ?= $(wildcard $(abspath ../shared/data/squad))
 export PYTHONUNBUFFERED := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup browser test test-fast study sweep capacity smoke status dag validate params lab notebooks bench-loss bench-step bench-processes clean
+.PHONY: help setup browser test test-fast study sweep capacity signal smoke status dag validate params lab notebooks bench-loss bench-step bench-processes clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -55,6 +56,9 @@ sweep: setup ## after `make study`: train and score the students over SEEDS; rep
 
 capacity: setup ## the capacity curve: students of 4 sizes x CE-only/distilled x 3 seeds on 300 questions (about 90 min); reports/capacity_cpu/04_capacity.html
 	$(PY) -m distill run params/$(CAPACITY_PROFILE).yaml --only capacity-report
+
+signal: setup ## the signal grid: which of the teacher's signals (teacher answers, every position, on-policy...) pays at 24 and 16 layers; reports/signal_cpu/05_signal.html
+	$(PY) -m distill run params/$(SIGNAL_PROFILE).yaml --only capacity-report
 
 smoke: setup ## the whole study on tiny models (3 to 5 minutes): reports/smoke/
 	$(PY) -m distill run params/smoke.yaml

@@ -55,7 +55,7 @@ def test_every_cell_trains_from_its_own_student_and_is_scored_on_the_grids_quest
     assert s["capacity-students"].outs == list(students.values())
     for keep in (3, 2):
         for seed in (0, 1):
-            for variant in capacity.VARIANTS:
+            for variant in capacity.arms(p):
                 name = f"capacity-keep{keep}-seed{seed}-{variant}"
                 assert students[keep] in s[name].deps and "seed" not in s[name].params
                 assert s[name].persist == [f"artifacts/smoke_grid/capacity/keep{keep}/seed{seed}/students/{variant}"]

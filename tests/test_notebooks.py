@@ -12,7 +12,7 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.p
 
 
 def test_there_are_notebooks():
-    assert [n.stem for n in NOTEBOOKS] == ["00_teacher", "01_distill", "02_merge", "03_benchmark", "04_capacity"]
+    assert [n.stem for n in NOTEBOOKS] == ["00_teacher", "01_distill", "02_merge", "03_benchmark", "04_capacity", "05_signal"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -36,7 +36,7 @@ def test_parameters_cell_holds_annotated_literals_of_schema_keys(path):
         name = node.target.id
         assert name in schema, f"{name} is not a params key"
         values[name] = ast.literal_eval(node.value)  # literals only
-        assert ast.unparse(node.annotation) in ("str", "int", "float", "bool", "list"), name
+        assert ast.unparse(node.annotation) in ("str", "int", "float", "bool", "list", "dict"), name
         assert hints[name] is not None
     params.from_mapping(values)  # the defaults together are a valid profile
     lines = [line for line in tagged[0].source.splitlines() if line.strip()]

@@ -26,8 +26,8 @@ class ParamsError(ValueError):
 
 def _f(default: Any, help: str, **check: Any) -> Any:
     """A schema field: default, help text and range checks (min, max, gt, choices)."""
-    if isinstance(default, list):
-        return field(default_factory=lambda d=default: list(d), metadata={"help": help, **check})
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help, **check})
     return field(default=default, metadata={"help": help, **check})
 
 
@@ -74,6 +74,14 @@ class StudyParams:
     max_length: int = _f(128, "tokens per example; long contexts are windowed around the answer", min=16)
     recovery_size: int = _f(0, "contexts for the LM recovery phase (teacher-distilled LM on contexts); 0 = off", min=0)
     recovery_steps: int = _f(0, "optimizer steps of the recovery phase before answer distillation", min=0)
+    teacher_answered_size: int = _f(
+        0, "extra SQuAD train questions the teacher answers (greedy, in the teacher-cache stage; their gold answers are "
+           "never read), added to the student's training examples with the teacher's answer as the target: CE on them "
+           "is sequence-level KD, gamma_kl > 0 adds the divergence on them; the CE-only student never sees them; 0 = off",
+        min=0)
+    teacher_seed: int = _f(-1, "seed of the shuffle that drew the teacher's tuning examples and the teacher-answered "
+                               "questions (just before them); -1 = seed (seed sweeps and the capacity grid set their "
+                               "base run's)", min=-1, max=2**32 - 1)
 
     # --- LoRA ----------------------------------------------------------------------------
     use_lora: bool = _f(True, "train a LoRA adapter; false trains the full student")
@@ -147,6 +155,9 @@ class StudyParams:
                                       "by prune_method, each trained CE-only and distilled per capacity_seeds; empty = "
                                       "no grid")
     capacity_seeds: list[int] = _f([0, 1, 2], "capacity grid: training seeds; every size sees the same examples per seed")
+    capacity_arms: dict = _f({}, "capacity grid: the trainings of every size and seed, {arm name: {params key: value}} "
+                                 "applied to the run's params (`variant: ce_baseline` marks the CE-only baseline, "
+                                 "exactly one arm); empty = ce_baseline and distilled")
     capacity_questions: int = _f(300, "capacity grid: validation questions every model is scored on", min=1)
     latency_prompts: int = _f(24, "questions answered one at a time (batch 1) to time each model's per-request "
                                   "latency: the first N of the scored ones (speed stages: at most bench_size)", min=1)
@@ -170,6 +181,8 @@ class StudyParams:
             raise ParamsError("student: prune needs prune_layers (a list) or prune_keep >= 1")
         if self.variant == "ce_baseline" and self.uses_teacher:
             raise ParamsError("variant: ce_baseline is the CE-only student; it needs gamma_kl: 0 and beta_mse: 0")
+        if self.variant == "ce_baseline" and self.teacher_answered_size:
+            raise ParamsError("variant: ce_baseline is trained on the gold answers only; it needs teacher_answered_size: 0")
         if self.teacher_cache == "sampled" and self.kd_kind != "forward_kl":
             raise ParamsError(f"teacher_cache: sampled estimates the forward KL only; got kd_kind: {self.kd_kind} "
                               "(use teacher_cache: topk, or kd_kind: forward_kl)")
@@ -185,6 +198,7 @@ class StudyParams:
             if not self.capacity_seeds or len(set(self.capacity_seeds)) != len(self.capacity_seeds) or \
                     min(self.capacity_seeds) < 0:
                 raise ParamsError(f"capacity_seeds: {self.capacity_seeds}; give distinct seeds >= 0, e.g. [0, 1, 2]")
+            self._check_arms()
             if self.latency_prompts > self.capacity_questions:
                 raise ParamsError(f"latency_prompts: {self.latency_prompts} exceeds capacity_questions "
                                   f"({self.capacity_questions}); the timed prompts are a subset of the scored ones")
@@ -193,6 +207,36 @@ class StudyParams:
                               "weights); set teacher_load_in_4bit: false or teacher_placement: replicated")
         if self.recovery_steps and not self.recovery_size:
             raise ParamsError(f"recovery_steps: {self.recovery_steps} needs recovery_size >= 1 (contexts to train on)")
+
+    def _check_arms(self) -> None:
+        """Each arm's settings must make valid params of their own; exactly one arm is the CE-only baseline. (Checked
+        on the run's params; its CE-only variant's, which zero the teacher terms, carry the same arms.)"""
+        if not self.capacity_arms or self.variant != "distilled":
+            return
+        baselines = [a for a, s in self.capacity_arms.items() if s.get("variant") == "ce_baseline"]
+        if len(baselines) != 1:
+            raise ParamsError(f"capacity_arms: {len(baselines)} arms set variant: ce_baseline ({baselines}); exactly "
+                              "one arm is the CE-only baseline the others are compared with, e.g. "
+                              "ce_only: {variant: ce_baseline}")
+        grid = {"capacity_keep", "capacity_arms", "capacity_seeds", "capacity_questions", "run_name", "output_dir",
+                "seed", "student"}
+        for arm, settings in self.capacity_arms.items():
+            try:
+                paths.check_name("capacity_arms", arm)
+            except ValueError as err:
+                raise ParamsError(str(err)) from None
+            bad = sorted(grid & set(settings))
+            if bad:
+                raise ParamsError(f"capacity_arms.{arm}: sets {bad}, which the grid sets per cell; an arm changes how "
+                                  "a student trains (e.g. gamma_kl, teacher_answered_size, lmbda)")
+            base = {k: v for k, v in self.to_dict().items() if k not in ("capacity_keep", "capacity_arms")}
+            base["variant"] = "distilled"  # an arm is distilled unless it says otherwise (study.capacity.arm_params)
+            if settings.get("variant") == "ce_baseline":
+                base.update(gamma_kl=0.0, beta_mse=0.0, lmbda=0.0, teacher_answered_size=0)
+            try:
+                from_mapping({**base, **settings})
+            except ParamsError as err:
+                raise ParamsError(f"capacity_arms.{arm}: {err}") from None
 
     # --- derived values ------------------------------------------------------------------
     @property
@@ -247,6 +291,8 @@ def _describe(tp: Any) -> str:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
     if typing.get_origin(tp) is list:
         return f"a list of {typing.get_args(tp)[0].__name__}"
+    if tp is dict:
+        return "a mapping of {arm name: {params key: value}}"
     return f"a {tp.__name__}"
 
 
@@ -264,6 +310,12 @@ def _check_type(name: str, value: Any, tp: Any) -> Any:
         if not isinstance(value, (list, tuple)):
             raise bad
         return [_check_type(f"{name}[{i}]", v, item) for i, v in enumerate(value)]
+    if tp is dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+            raise bad
+        return {str(k): dict(v) for k, v in value.items()}
     if tp is bool:
         if not isinstance(value, bool):
             raise bad

@@ -462,6 +462,53 @@ def encode_examples(rows: list[dict[str, Any]], tokenizer, max_length: int, seed
     return out
 
 
+def question_only(row: dict[str, Any]) -> dict[str, Any]:
+    """A train row for the teacher to answer: its gold answers dropped, so nothing downstream can read them."""
+    return {k: row[k] for k in ("id", "title", "context", "question") if k in row}
+
+
+def answer_prompts(rows: list[dict[str, Any]], tokenizer, max_length: int, reserve: int, seed: int
+                   ) -> list[tuple[list[int], tuple[int, int]]]:
+    """(prompt ids, context window [lo, hi) in context tokens) of questions asked without a gold answer: a context
+    too long for `max_length - reserve` gets a window drawn uniformly among all windows (no answer to keep)."""
+    out = []
+    for row in rows:
+        rng = random.Random(f"{seed}:{row['id']}")  # a question's window never depends on the others asked with it
+        parts = prompt_parts(tokenizer, row["question"])
+        ctx = tokenizer(row["context"], add_special_tokens=False)["input_ids"]
+        budget = max(0, max_length - reserve - len(parts.prefix) - len(parts.suffix))
+        lo = rng.randint(0, len(ctx) - budget) if len(ctx) > budget else 0
+        hi = min(len(ctx), lo + budget)
+        out.append((parts.prefix + ctx[lo:hi] + parts.suffix, (lo, hi)))
+    return out
+
+
+def encode_answered(rows: list[dict[str, Any]], answers: dict[str, dict[str, Any]], tokenizer,
+                    max_length: int) -> Encoded:
+    """Training examples of teacher-answered questions: the prompt the teacher saw (its context window) and the
+    teacher's answer as the target. A question the teacher left unanswered (empty answer), or whose answer
+    re-tokenizes past `max_length`, is dropped."""
+    out = Encoded(features=[])
+    for row in rows:
+        got = answers[row["id"]]
+        if not got["answer"]:
+            out.dropped += 1
+            continue
+        parts = prompt_parts(tokenizer, row["question"])
+        ctx = tokenizer(row["context"], add_special_tokens=False)["input_ids"]
+        lo, hi = got["window"]
+        prompt = parts.prefix + ctx[lo:hi] + parts.suffix
+        target = answer_ids(tokenizer, got["answer"])
+        if len(prompt) + len(target) > max_length:
+            out.dropped += 1
+            continue
+        out.windowed += int(hi - lo < len(ctx))
+        out.features.append({"input_ids": prompt + target, "labels": [-100] * len(prompt) + target,
+                             "prompt_len": len(prompt), "references": [got["answer"]], "id": row["id"]})
+        out.lengths.append(len(prompt) + len(target))
+    return out
+
+
 def encode_contexts(rows: list[dict[str, Any]], tokenizer, max_length: int) -> list[dict[str, Any]]:
     """Plain language-modelling examples on the distinct contexts (the recovery phase)."""
     seen, feats = set(), []

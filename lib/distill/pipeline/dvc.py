@@ -29,11 +29,11 @@ import yaml
 
 from distill.core import paths, procs
 from distill.core.params import ParamsError, StudyParams, from_mapping
-from distill.parts import data, teacher_cache
-from distill.report import sweeps
+from distill.parts import data, teacher_answers, teacher_cache
+from distill.report import signal_report, sweeps
 from distill.report.results import METRICS
 from distill.study import capacity, sweep
-from distill.study.cache import cache_users
+from distill.study.cache import answer_users, cache_users
 from distill.study.layout import (
     MODELS,
     VARIANTS,
@@ -136,21 +136,25 @@ def stages(p: StudyParams) -> list[Stage]:
         outs=made, reports=[f"{rep}/{f}" for f in teacher_reports] + [f"{run}/executed/00_teacher.ipynb"],
         notebook="00_teacher", report="00_teacher", title="Teacher: zero-shot, SQuAD fine-tune, pruned student"))
 
-    users = cache_users(p)
-    if users:
+    users, answering = cache_users(p), answer_users(p)
+    if users or answering:
         reg = sweep_registry_file(p)
         out.append(Stage(
             "teacher-cache", ["teacher-cache"],
             RUNTIME + SUBSETS + ["teacher", "teacher_load_in_4bit", "bnb_compute_dtype", "teacher_cache",
                                  "teacher_cache_k", "temperature", "distill_positions", "gamma_kl", "recovery_steps",
                                  "batch_size", *PROCESSES,
-                                 *(["capacity_keep", "capacity_seeds"] if p.capacity_keep else [])],
+                                 *(["teacher_answered_size", "teacher_seed", "max_new_tokens", "bench_batch_size"]
+                                   if answering else []),
+                                 *(["capacity_keep", "capacity_seeds"] if p.capacity_keep else []),
+                                 *(["capacity_arms"] if p.capacity_arms else [])],
             deps=[*ENGINE, *made], persist=[rel(run_dir_cache(p))],
             extra_params={reg: ["sweeps"]} if reg else {},
-            title=f"Teacher cache: sparse targets of {len(users)} training run(s)"))
+            title=f"Teacher cache: sparse targets of {len(users)} training run(s)"
+                  + (f", answers for {len(answering)}" if answering else "")))
 
     for variant in VARIANTS:
-        out.append(train_stage(p, variant, f"train-{variant}", ["train", variant]))
+        out.append(train_stage(variant_params(p, variant), f"train-{variant}", ["train", variant]))
 
     merged = [rel(merged_dir(p, v), "deploy_dir") for v in reversed(VARIANTS)]
     merge_reports = ["merge.json", "merge_logit_check.png"]
@@ -193,26 +197,30 @@ def run_pages(p: StudyParams) -> list[Stage]:
     return [s for s in stages(p) if s.report and not s.name.startswith(("sweep-", "capacity-keep"))]
 
 
-def train_stage(p: StudyParams, variant: str, name: str, args: list[str]) -> Stage:
-    """Training of one student variant (01_distill) for the run `p`: its keys, its model folders, its files."""
+def train_stage(vp: StudyParams, name: str, args: list[str]) -> Stage:
+    """Training of one student (01_distill) with the params `vp` (a variant's, a sweep seed's or a grid arm's):
+    its keys, its model folders, its files."""
     rel = lambda path: project_relative(path, "output_dir")  # noqa: E731
-    run, rep = rel(p.run_dir), project_relative(p.report_dir, "reports")
-    vp = variant_params(p, variant)
+    run, rep = rel(vp.run_dir), project_relative(vp.report_dir, "reports")
+    variant = vp.variant
     keys = RUNTIME + SUBSETS + STUDENT + TRAINER + STUDENT_TRAINING + PROCESSES + ["teacher"]
     if vp.uses_teacher:
         keys += ["teacher_load_in_4bit", "bnb_compute_dtype", "teacher_placement"] + TEACHER_TERMS
-    cache_view = []
+    teacher_files = []
     if vp.uses_teacher_cache:
         keys += ["teacher_cache", "teacher_cache_k", "kd_sparse_tail"]
-        cache_view = [rel(teacher_cache.view_file(base_run_dir(vp), vp))]
+        teacher_files.append(rel(teacher_cache.view_file(base_run_dir(vp), vp)))
+    if vp.teacher_answered_size:
+        keys += ["teacher_answered_size", "teacher_seed", "max_new_tokens", "teacher_load_in_4bit", "bnb_compute_dtype"]
+        teacher_files.append(rel(teacher_answers.view_file(base_run_dir(vp), vp)))
     report_name = TRAIN_REPORTS[variant]
     files = [f"token_lengths_{variant}.png", f"loss_components_{variant}.png",
              f"log_history_{variant}.json"]
-    if p.recovery_steps:
+    if vp.recovery_steps:
         files.append(f"recovery_loss_components_{variant}.png")
-    made = [rel(d) for d in base_models_dirs(p)]
-    return Stage(name, args, keys, deps=[*notebook_code("01_distill"), *made, *cache_view],
-                 persist=[rel(variant_dir(p, variant))],
+    made = [rel(d) for d in base_models_dirs(vp)]
+    return Stage(name, args, keys, deps=[*notebook_code("01_distill"), *made, *teacher_files],
+                 persist=[rel(variant_dir(vp, variant))],
                  reports=[f"{rep}/{f}" for f in files] + [f"{run}/executed/{report_name}.ipynb"],
                  notebook="01_distill", report=report_name, deps_models=made,
                  title=("Distillation of the student" if variant == "distilled"
@@ -240,9 +248,8 @@ def sweep_stages(base: StudyParams) -> list[Stage]:
     for name, entry in reg["sweeps"].items():
         for seed in entry["seeds"]:
             for variant in entry["variants"]:
-                sp = sweep.seed_params(base, name, seed, entry["set"])
-                train = train_stage(sp, variant, f"sweep-{name}-seed{seed}-{variant}",
-                                    ["sweep-train", name, str(seed), variant])
+                sp = variant_params(sweep.seed_params(base, name, seed, entry["set"]), variant)
+                train = train_stage(sp, f"sweep-{name}-seed{seed}-{variant}", ["sweep-train", name, str(seed), variant])
                 train.params = [k for k in train.params if k not in entry["set"] and k != "seed"]
                 train.extra_params = {regfile: [f"sweeps.{name}.set"]}
                 out.append(train)
@@ -280,13 +287,17 @@ def capacity_stages(base: StudyParams) -> list[Stage]:
     out.append(Stage("capacity-score-teacher", ["capacity-score", "teacher"],
                      keys + ["teacher", "teacher_load_in_4bit", "bnb_compute_dtype"],
                      deps=[*ENGINE, *teacher_dir], outs=score_files[:], title="Capacity grid: the teacher"))
+    arms = capacity.arms(base)
     for keep, seed in capacity.cells(base):
-        sp = capacity.seed_params(base, keep, seed)
         student = rel(capacity.student_dir(base, keep))
-        for variant in capacity.VARIANTS:
+        for variant in arms:
             name = f"capacity-keep{keep}-seed{seed}-{variant}"
-            train = train_stage(sp, variant, name, ["capacity-train", str(keep), str(seed), variant])
-            train.params = [k for k in train.params if k not in ("seed", "student")]  # this cell's are in its name
+            train = train_stage(capacity.arm_params(base, keep, seed, variant), name,
+                                ["capacity-train", str(keep), str(seed), variant])
+            # this cell's seed and student are in its name; a named arm's own settings are its params entry
+            train.params = [k for k in train.params if k not in ("seed", "student", *arms[variant])]
+            if base.capacity_arms:
+                train.params.append(f"capacity_arms.{variant}")
             train.deps.append(student)
             train.deps_models.append(student)
             out.append(train)
@@ -296,11 +307,20 @@ def capacity_stages(base: StudyParams) -> list[Stage]:
                              deps=[*ENGINE, *train.persist, student, *teacher_dir], outs=[f],
                              title=f"Capacity grid: {keep} layers, seed {seed}, {variant}"))
     rep = rel(base.report_dir, "reports")
+    if base.capacity_arms:  # the signal grid: arms compared per size
+        notebook, title = "05_signal", "Which of the teacher's signals pays, at which size?"
+        files = ["signal.json", "signal_table.csv", "signal_gains.png",
+                 f"{signal_report.PREDICTIONS_DIR}/{signal_report.prediction_name(None, 'teacher', None)}",
+                 *(f"{signal_report.PREDICTIONS_DIR}/{signal_report.prediction_name(k, a, s)}"
+                   for k, s in capacity.cells(base) for a in capacity.arms(base))]
+    else:
+        notebook, title, files = "04_capacity", "Capacity: how small can the student get?", list(capacity.REPORT_FILES)
     out.append(Stage("capacity-report", ["capacity-report"],
-                     ["run_name", "capacity_keep", "capacity_seeds", "capacity_questions"],
-                     deps=[*notebook_code("04_capacity"), *score_files],
-                     reports=[f"{rep}/{f}" for f in capacity.REPORT_FILES] + [f"{rel(base.run_dir)}/executed/04_capacity.ipynb"],
-                     notebook="04_capacity", report="04_capacity", title="Capacity: how small can the student get?"))
+                     ["run_name", "capacity_keep", "capacity_seeds", "capacity_questions",
+                      *(["capacity_arms"] if base.capacity_arms else [])],
+                     deps=[*notebook_code(notebook), *score_files],
+                     reports=[f"{rep}/{f}" for f in files] + [f"{rel(base.run_dir)}/executed/{notebook}.ipynb"],
+                     notebook=notebook, report=notebook, title=title))
     return out
 
 

@@ -24,7 +24,7 @@ from distill.report import sweeps
 from distill.report.render import index_page, redact, render
 from distill.report.reproduce import machine_info
 from distill.study import sweep
-from distill.study.layout import STAGE_ENV
+from distill.study.layout import STAGE_ENV, record_file
 
 PACKAGES = ["torch", "transformers", "peft", "bitsandbytes", "datasets", "accelerate", "papermill", "jupytext",
             "nbconvert", "matplotlib", "pandas", "gguf", "tokenizers", "safetensors"]
@@ -32,11 +32,6 @@ PACKAGES = ["torch", "transformers", "peft", "bitsandbytes", "datasets", "accele
 
 class StepFailed(RuntimeError):
     pass
-
-
-def record_file(p: StudyParams, report_name: str) -> Path:
-    """How a notebook stage went (status, times, failure): written by the stage, read into the run's manifest."""
-    return p.run_dir / "executed" / f"{report_name}.json"
 
 
 def notebook_path(name: str) -> Path:

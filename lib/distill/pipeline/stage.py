@@ -14,7 +14,7 @@ from typing import Any
 from distill.core import paths
 from distill.core.params import StudyParams
 from distill.pipeline import dvc
-from distill.pipeline.runner import StepFailed, execute_step, quiet_papermill, record_file
+from distill.pipeline.runner import StepFailed, execute_step, quiet_papermill
 from distill.report import sweeps
 from distill.study import cache, capacity, layout, scoring, sweep
 
@@ -30,7 +30,7 @@ def run_notebook_stage(sp: StudyParams, spec: dvc.Stage) -> int:
                               "title": spec.title, "start": start.isoformat(timespec="seconds")}
     t0 = time.perf_counter()
     # a kill from here on leaves this record saying so, not an earlier run's "ok"
-    paths.write_text_atomic(record_file(sp, spec.report), json.dumps({**record, "status": "running"}, indent=1))
+    paths.write_text_atomic(layout.record_file(sp, spec.report), json.dumps({**record, "status": "running"}, indent=1))
     try:
         execute_step(spec.report, spec.notebook, sp.to_dict(), executed_dir, sp.report_dir)
         record["status"] = "ok"
@@ -40,7 +40,7 @@ def run_notebook_stage(sp: StudyParams, spec: dvc.Stage) -> int:
         print(f"FAILED: {err}", flush=True)
         code = 1
     record["wall_s"] = time.perf_counter() - t0
-    paths.write_text_atomic(record_file(sp, spec.report), json.dumps(record, indent=1))
+    paths.write_text_atomic(layout.record_file(sp, spec.report), json.dumps(record, indent=1))
     return code
 
 
@@ -82,7 +82,7 @@ def _run(params_path: str, kind: str, *args: str) -> int:
         return 0
     if kind == "capacity-train":
         keep, seed, variant = args
-        sp = layout.variant_params(capacity.seed_params(p, int(keep), int(seed)), variant)
+        sp = capacity.arm_params(p, int(keep), int(seed), variant)
         return run_notebook_stage(sp, _spec(p, f"capacity-keep{keep}-seed{seed}-{variant}"))
     if kind == "capacity-score":
         if args[0] == "teacher":

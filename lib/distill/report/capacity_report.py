@@ -21,7 +21,7 @@ import pandas as pd
 from distill.core import paths
 from distill.core.params import StudyParams
 from distill.report import stats
-from distill.study.capacity import VARIANTS, cells, score_file
+from distill.study.capacity import arms, cells, score_file
 
 KEPT_GOAL = 0.9  # the share of the teacher's F1 a student must keep to count as "keeps the teacher"
 RECORD_KEYS = ("variant", "layers", "params_m", "seed", "n_questions", "exact_match", "f1", "answer_loss",
@@ -38,7 +38,7 @@ def load_scores(base: StudyParams) -> list[dict[str, Any]]:
     if not base.capacity_keep:
         raise ValueError(f"run {base.run_name} has no capacity grid (capacity_keep is empty); run a profile that has "
                          "one: make capacity (params/capacity_cpu.yaml)")
-    files = [score_file(base, "teacher")] + [score_file(base, v, k, s) for k, s in cells(base) for v in VARIANTS]
+    files = [score_file(base, "teacher")] + [score_file(base, v, k, s) for k, s in cells(base) for v in arms(base)]
     missing = [str(f) for f in files if not f.exists()]
     if missing:
         raise FileNotFoundError(f"{len(missing)} capacity score file(s) missing, e.g. {missing[0]}; run "
@@ -57,7 +57,7 @@ def _t_interval(values: np.ndarray) -> tuple[float, float]:
     return low, high
 
 
-def _kept_interval(student: np.ndarray, teacher: np.ndarray, draws: int = 2000, seed: int = 0) -> tuple[float, float]:
+def kept_interval(student: np.ndarray, teacher: np.ndarray, draws: int = 2000, seed: int = 0) -> tuple[float, float]:
     """95% paired bootstrap interval (over questions) of mean(student) / mean(teacher)."""
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(teacher), size=(draws, len(teacher)))
@@ -77,12 +77,13 @@ def analyse(scores: list[dict[str, Any]]) -> dict[str, Any]:
     teacher_q = 100.0 * np.array(teacher["f1_per_question"], dtype=float)
     sizes = sorted({s["layers"] for s in scores if s["variant"] != "teacher"}, reverse=True)
     curve, gains = [], []
+    variants = ("ce_baseline", "distilled")  # this analysis compares the study's two students (the default arms)
     for layers in sizes:
-        for variant in VARIANTS:
+        for variant in variants:
             rows = [s for s in scores if s["layers"] == layers and s["variant"] == variant]
             per_q = _per_question(scores, layers, variant).mean(axis=0)  # averaged over seeds
             f1_low, f1_high = _t_interval(per_q)
-            kept_low, kept_high = _kept_interval(per_q, teacher_q)
+            kept_low, kept_high = kept_interval(per_q, teacher_q)
             seed_f1 = [s["f1"] for s in rows]
             curve.append({
                 "layers": layers, "variant": variant, "seeds": len(rows), "n_questions": len(per_q),
@@ -105,7 +106,7 @@ def analyse(scores: list[dict[str, Any]]) -> dict[str, Any]:
         low, high = _t_interval(diff_q)
         seed_diffs = (dist - ce).mean(axis=1)
         loss = {v: sorted([s for s in scores if s["layers"] == layers and s["variant"] == v], key=lambda s: s["seed"])
-                for v in VARIANTS}
+                for v in variants}
         loss_diffs = [d["answer_loss"] - c["answer_loss"] for d, c in zip(loss["distilled"], loss["ce_baseline"])]
         loss_low, loss_high = stats.ci95(loss_diffs)
         gains.append({"layers": layers, "params_m": loss["distilled"][0]["params_m"], "f1_gain": float(diff_q.mean()),
@@ -173,7 +174,10 @@ def _name(variant: str) -> str:
 
 
 def records(scores: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{k: s.get(k) for k in RECORD_KEYS} for s in scores]
+    """One record per scored model, with its F1 per question {question id: F1 in [0, 1]} (the paired intervals
+    are recomputed from these)."""
+    return [{**{k: s.get(k) for k in RECORD_KEYS}, "f1_per_question": dict(zip(s["question_ids"], s["f1_per_question"]))}
+            for s in scores]
 
 
 def table(result: dict[str, Any]) -> pd.DataFrame:
@@ -218,12 +222,12 @@ def write(base: StudyParams, scores: list[dict[str, Any]], result: dict[str, Any
     folder = base.report_dir
     out = {"records": records(scores), "question_ids": scores[0]["question_ids"], "headline": headline(result),
            **result}
-    paths.write_text_atomic(folder / "capacity.json", json.dumps(out, indent=1, default=_json_default))
+    paths.write_text_atomic(folder / "capacity.json", json.dumps(out, indent=1, default=json_default))
     paths.write_text_atomic(folder / "capacity_table.csv", table(result).to_csv(index=False))
     return folder / "capacity.json"
 
 
-def _json_default(value: Any) -> Any:
+def json_default(value: Any) -> Any:
     if isinstance(value, (np.floating, np.integer)):
         return value.item()
     if isinstance(value, float) and math.isnan(value):

@@ -268,3 +268,29 @@ def capacity_gain(result: dict[str, Any], title: str):
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def signal_gains(result: dict[str, Any], title: str):
+    """Per size, each arm's F1 minus the CE-only arm's: mean over questions and seeds, 95% interval over questions,
+    each seed as a dot; the bar's label is the arm's share of the teacher's F1."""
+    sizes = sorted({r["layers"] for r in result["arms"]}, reverse=True)
+    fig, axes = plt.subplots(1, len(sizes), figsize=(4.2 * len(sizes), 3.8), squeeze=False, sharey=True)
+    for ax, layers in zip(axes[0], sizes):
+        rows = [r for r in result["arms"] if r["layers"] == layers and "gain_f1" in r]
+        for i, r in enumerate(rows):
+            color = "#8fbf8f" if r["gain_ci95_low"] > 0 else "#e0a0a0" if r["gain_ci95_high"] < 0 else "#c6d4ea"
+            ax.bar(i, r["gain_f1"], color=color, width=0.6)
+            ax.errorbar(i, r["gain_f1"], yerr=[[r["gain_f1"] - r["gain_ci95_low"]], [r["gain_ci95_high"] - r["gain_f1"]]],
+                        fmt="none", ecolor="#333333", capsize=4)
+            ax.scatter([i] * len(r["gain_per_seed"]), r["gain_per_seed"], color="#333333", s=12, zorder=3)
+            ax.annotate(f"keeps {100 * r['kept_f1']:.0f}%", (i, r["gain_ci95_high"]), textcoords="offset points",
+                        xytext=(0, 4), ha="center", fontsize=7)
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set_xticks(range(len(rows)), [r["arm"] for r in rows], rotation=30, ha="right", fontsize=8)
+        share = rows[0]["params_share"] if rows else float("nan")
+        ax.set_title(f"{layers} layers ({100 * share:.0f}% of the parameters)", fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel(f"F1 points minus {result['baseline_arm']}")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -1,7 +1,8 @@
 """The run's teacher cache, filled once for every training run that reads it.
 
-The run's distilled student, its sweeps' seed runs and its capacity grid's distilled students share one cache
-folder; the teacher runs once per example none of them has yet (see parts.teacher_cache for the format).
+The run's distilled student, its sweeps' seed runs and its capacity grid's students share one cache folder;
+the teacher first answers the teacher-answered questions none of them has yet (parts.teacher_answers), then
+runs once per training example none of them has targets for (see parts.teacher_cache for the format).
 """
 from __future__ import annotations
 
@@ -14,31 +15,53 @@ from typing import Any
 from distill.core import procs
 from distill.core.params import StudyParams
 from distill.kd import group
-from distill.parts import models, teacher_cache
+from distill.parts import models, teacher_answers, teacher_cache
 from distill.study import capacity, launch, layout, steps, sweep
 from distill.study.layout import variant_params
 
 
-def cache_users(p: StudyParams) -> list[StudyParams]:
-    """The training runs that read the teacher cache: the run's distilled student, its sweeps' seed runs and its
-    capacity grid's distilled students."""
-    users = []
-    main = variant_params(p, "distilled")
-    if main.uses_teacher_cache:
-        users.append(main)
+def training_runs(p: StudyParams) -> list[StudyParams]:
+    """Every training run of the pipeline that may read from the teacher: the run's distilled student, its
+    sweeps' distilled seed runs and every arm of its capacity grid."""
+    runs = [variant_params(p, "distilled")]
     reg = sweep.load_registry(p)
     for name, entry in reg["sweeps"].items():
-        if "distilled" not in entry["variants"]:
-            continue
-        for seed in entry["seeds"]:
-            sp = variant_params(sweep.seed_params(p, name, seed, entry["set"]), "distilled")
-            if sp.uses_teacher_cache:
-                users.append(sp)
-    for keep, seed in capacity.cells(p):
-        cp = variant_params(capacity.seed_params(p, keep, seed), "distilled")
-        if cp.uses_teacher_cache:
-            users.append(cp)
-    return users
+        if "distilled" in entry["variants"]:
+            runs += [variant_params(sweep.seed_params(p, name, seed, entry["set"]), "distilled")
+                     for seed in entry["seeds"]]
+    runs += [capacity.arm_params(p, keep, seed, arm) for keep, seed in capacity.cells(p) for arm in capacity.arms(p)]
+    return runs
+
+
+def cache_users(p: StudyParams) -> list[StudyParams]:
+    """The training runs that read the teacher cache (its divergence's targets)."""
+    return [r for r in training_runs(p) if r.uses_teacher_cache]
+
+
+def answer_users(p: StudyParams) -> list[StudyParams]:
+    """The training runs that train on teacher-answered questions."""
+    return [r for r in training_runs(p) if r.teacher_answered_size]
+
+
+def answer_stores(p: StudyParams, teacher, tokenizer, device, rank: int) -> set[Path]:
+    """The teacher answers every teacher-answered question of every training run that has them (rank 0; the others
+    wait); returns the answer stores in use."""
+    stores: dict[Path, dict[str, Any]] = {}
+    for up in answer_users(p):
+        store = teacher_answers.store_dir(layout.base_run_dir(up), up)
+        entry = stores.setdefault(store, {"params": up, "views": {}})
+        entry["views"][up.run_name] = steps.load_data(up).answered_rows
+    if rank == 0:
+        for store, entry in stores.items():
+            up = entry["params"]
+            config = teacher_answers.answers_config(steps.teacher_source(up), tokenizer, up.max_length,
+                                                    up.max_new_tokens, up.seed if up.teacher_seed < 0 else up.teacher_seed)
+            t0 = time.perf_counter()
+            got = teacher_answers.fill(store, config, entry["views"], teacher, tokenizer, device, up.bench_batch_size)
+            print(f"{store.name}: {got['questions']} teacher-answered questions, {got['asked']} asked now "
+                  f"({got['empty']} left unanswered); {time.perf_counter() - t0:.1f} s", flush=True)
+    group.barrier()
+    return set(stores)
 
 
 def fill_teacher_cache(p: StudyParams, params_path: str | Path) -> int:
@@ -55,12 +78,13 @@ def fill_teacher_cache(p: StudyParams, params_path: str | Path) -> int:
     models.setup_torch(p.seed, launch.threads_per_process(p) if world > 1 else p.torch_threads)
     device = launch.rank_device(p)
     teacher, tokenizer = steps.load_teacher(p, device)
+    answered = answer_stores(p, teacher, tokenizer, device, rank)
     stores: dict[Path, dict[str, Any]] = {}
     for up in users:
         store = teacher_cache.store_dir(layout.base_run_dir(up), up)
         entry = stores.setdefault(store, {"params": up, "views": {}})
         entry["views"][up.run_name] = steps.training_features(up, tokenizer)
-    kept = set(stores)
+    kept = set(stores) | answered
     if rank == 0:
         for old in layout.run_dir_cache(p).glob("*/"):
             if old not in kept:  # settings no run uses any more

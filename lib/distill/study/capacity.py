@@ -23,8 +23,9 @@ from distill.parts import models, pruning
 from distill.study import layout, steps
 from distill.study.layout import project_relative
 
-# the study's two students, CE-only first: each size's baseline is trained, scored and shown before its distilled twin
-VARIANTS = tuple(reversed(layout.VARIANTS))
+# The grid's trainings when the profile names no capacity_arms: the study's two students, CE-only first (each
+# size's baseline is trained, scored and shown before its distilled twin).
+DEFAULT_ARMS = {"ce_baseline": {"variant": "ce_baseline"}, "distilled": {"variant": "distilled"}}
 REPORT_FILES = ("capacity.json", "capacity_table.csv", "capacity_f1_vs_params.png", "capacity_f1_vs_latency.png",
                 "capacity_distillation_gain.png")
 
@@ -57,9 +58,31 @@ def seed_params(base: StudyParams, keep: int, seed: int) -> StudyParams:
     run's tuned teacher and teacher cache."""
     rel = lambda path: project_relative(path, "output_dir")  # noqa: E731
     # the leading underscore keeps the cells' own training reports out of git (see .gitignore)
-    return base.replace(seed=seed, student=rel(student_dir(base, keep)), capacity_keep=[],
-                        run_name=f"_{base.run_name}_keep{keep}_seed{seed}", output_dir=rel(seed_dir(base, keep, seed)),
+    return base.replace(seed=seed, student=rel(student_dir(base, keep)), capacity_keep=[], capacity_arms={},
+                        teacher_seed=base.seed if base.teacher_seed < 0 else base.teacher_seed, run_name=f"_{base.run_name}_keep{keep}_seed{seed}", output_dir=rel(seed_dir(base, keep, seed)),
                         deploy_dir="", base_run_dir=rel(base.run_dir))
+
+
+def arms(base: StudyParams) -> dict[str, dict[str, Any]]:
+    """The trainings of every grid cell, {arm: its settings}, the CE-only baseline among them."""
+    return base.capacity_arms or DEFAULT_ARMS
+
+
+def baseline_arm(base: StudyParams) -> str:
+    """The arm every other is compared with: the CE-only student on the gold answers."""
+    return next(a for a, s in arms(base).items() if s.get("variant") == "ce_baseline")
+
+
+def arm_params(base: StudyParams, keep: int, seed: int, arm: str) -> StudyParams:
+    """The params one arm of one cell trains with. The default arms train in the cell's folder as the study's two
+    variants; named arms each train in a folder of their own, the cell's params with the arm's settings."""
+    settings = dict(arms(base)[arm])
+    variant = settings.pop("variant", "distilled")
+    sp = seed_params(base, keep, seed)
+    if base.capacity_arms:
+        sp = sp.replace(run_name=f"{sp.run_name}_{arm}",
+                        output_dir=project_relative(seed_dir(base, keep, seed) / arm, "output_dir"))
+    return layout.variant_params(sp, variant).replace(**settings)
 
 
 def cells(base: StudyParams) -> list[tuple[int, int]]:

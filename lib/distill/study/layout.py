@@ -12,10 +12,11 @@ from typing import Any
 from distill.core import paths
 from distill.core.params import ParamsError, StudyParams
 
-# The students a run trains: distilled from the teacher, and the CE-only baseline (gamma_kl = beta_mse = 0).
+# The students a run trains: distilled from the teacher, and the CE-only baseline (gold answers, CE only).
 VARIANTS = ("distilled", "ce_baseline")
 VARIANT_OVERRIDES = {"distilled": {"variant": "distilled"},
-                     "ce_baseline": {"variant": "ce_baseline", "gamma_kl": 0.0, "beta_mse": 0.0, "lmbda": 0.0}}
+                     "ce_baseline": {"variant": "ce_baseline", "gamma_kl": 0.0, "beta_mse": 0.0, "lmbda": 0.0,
+                                     "teacher_answered_size": 0}}
 # The models a run scores: the teacher, the student before training, and both trained students.
 MODELS = ("teacher", "student_before", "ce_baseline", "distilled")
 PIPELINES_DIR = paths.PROJECT_ROOT / "pipelines"
@@ -118,6 +119,11 @@ def scores_file(p: StudyParams, model: str) -> Path:
 
 def speed_file(p: StudyParams, model: str) -> Path:
     return p.run_dir / "speed" / f"{model}.json"
+
+
+def record_file(p: StudyParams, report_name: str) -> Path:
+    """How a notebook stage went (status, times, failure): written by the stage, read into the run's manifest."""
+    return p.run_dir / "executed" / f"{report_name}.json"
 
 
 def measurements(p: StudyParams, model: str) -> dict[str, Any]:

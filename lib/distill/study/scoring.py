@@ -96,8 +96,8 @@ def score_capacity_model(base: StudyParams, model: str, keep: int | None = None,
         sp = base
         loaded, tokenizer = steps.load_teacher(base, device)
     else:
-        sp = capacity.seed_params(base, keep, seed)
-        loaded, tokenizer = sweep.load_student_or_reference(sp, model, device)
+        sp = capacity.arm_params(base, keep, seed, model)
+        loaded, tokenizer = sweep.load_student_or_reference(sp, sp.variant, device)
     t0 = time.perf_counter()
     result = evaluate(sp, loaded, tokenizer, rows, base.seed, device)
     latency = benchmark.request_latency(loaded, tokenizer, rows[:base.latency_prompts], max_length=sp.max_length,

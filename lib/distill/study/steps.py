@@ -7,6 +7,7 @@ Notebooks, training ranks and scoring stages call these, so every stage agrees o
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import torch
 
 from distill.core import paths
 from distill.core.params import StudyParams
-from distill.parts import data, models, pruning, sources, teacher_cache
+from distill.parts import data, models, pruning, sources, teacher_answers, teacher_cache
 from distill.study import layout
 
 
@@ -27,6 +28,7 @@ class StudyData:
     teacher_rows: list[dict[str, Any]]
     recovery_rows: list[dict[str, Any]]
     bench_rows: list[dict[str, Any]]
+    answered_rows: list[dict[str, Any]]  # questions for the teacher to answer: no gold answers (data.question_only)
 
 
 def load_data(p: StudyParams) -> StudyData:
@@ -40,7 +42,26 @@ def load_data(p: StudyParams) -> StudyData:
         train, [*student_sizes, unused, teacher_n], p.seed)
     dev = data.load_squad("validation", p.squad_dir, p.data_pool_rows)
     (bench_rows,) = data.disjoint_subsets(dev, [p.bench_size], p.seed)
-    return StudyData(eval_rows, train_rows, teacher_rows, recovery_rows, bench_rows)
+    return StudyData(eval_rows, train_rows, teacher_rows, recovery_rows, bench_rows,
+                     answered_questions(p, train, {r["id"] for r in eval_rows + train_rows + recovery_rows}))
+
+
+def answered_questions(p: StudyParams, train: list[dict[str, Any]], taken: set[str]) -> list[dict[str, Any]]:
+    """The teacher-answered questions: from the far end of the shuffle that drew the teacher's tuning examples, just
+    before them, skipping any this run's other subsets hold; the same questions for every seed of a grid or sweep
+    (answered once). Their gold answers are dropped here."""
+    if not p.teacher_answered_size:
+        return []
+    tseed = p.seed if p.teacher_seed < 0 else p.teacher_seed
+    teacher_n = p.teacher_finetune_train_size if p.teacher_finetune else 0
+    order = list(range(len(train)))
+    random.Random(tseed).shuffle(order)
+    pool = order[:len(order) - teacher_n][::-1]  # nearest the teacher's examples first
+    picked = [train[i] for i in pool if train[i]["id"] not in taken][:p.teacher_answered_size]
+    if len(picked) < p.teacher_answered_size:
+        raise ValueError(f"teacher_answered_size: {p.teacher_answered_size} questions asked, {len(picked)} left after "
+                         "the other subsets; lower it or raise data_pool_rows (0 = all)")
+    return [data.question_only(r) for r in picked]
 
 
 def bench_rows(p: StudyParams, n: int) -> list[dict[str, Any]]:
@@ -142,10 +163,20 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 def encode_training(p: StudyParams, tokenizer, sets: StudyData | None = None) -> dict[str, Any]:
-    """What a training run feeds the student: train and eval examples (data.Encoded) and recovery contexts
-    (features). 01_distill trains on these and the teacher cache holds targets for exactly these."""
+    """What a training run feeds the student: train examples (the gold ones, then the teacher-answered ones with
+    the teacher's answer as the target) and eval examples (data.Encoded), and recovery contexts (features).
+    01_distill trains on these and the teacher cache holds targets for exactly these."""
     sets = sets or load_data(p)
-    return {"train": data.encode_examples(sets.train_rows, tokenizer, p.max_length, p.seed),
+    train = data.encode_examples(sets.train_rows, tokenizer, p.max_length, p.seed)
+    if sets.answered_rows:
+        view = teacher_answers.view_file(layout.base_run_dir(p), p)
+        if not view.exists() and layout.lab_of(p):  # a by-hand run: the answers of the run it reads from
+            view = teacher_answers.view_file(layout.base_run_dir(p), p.replace(run_name=layout.lab_of(p)))
+        got = teacher_answers.read_view(view, sets.answered_rows)
+        answered = data.encode_answered(sets.answered_rows, got, tokenizer, p.max_length)
+        train = data.Encoded(train.features + answered.features, train.windowed + answered.windowed,
+                             train.dropped + answered.dropped, train.lengths + answered.lengths)
+    return {"train": train,
             "eval": data.encode_examples(sets.eval_rows, tokenizer, p.max_length, p.seed + 1),
             "recovery": data.encode_contexts(sets.recovery_rows, tokenizer, p.max_length) if p.recovery_steps else []}
 

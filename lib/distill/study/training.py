@@ -510,7 +510,7 @@ def finetune_teacher(p: StudyParams, rows, device: torch.device) -> dict[str, An
     if p.teacher_finetune_use_lora:
         model = models.apply_lora(model, p.lora_r, p.lora_alpha, p.lora_dropout, p.lora_target_modules or None)
     features = data.encode_examples(rows, tokenizer, p.max_length, p.seed).features
-    cfg = loss_config(p.replace(gamma_kl=0.0, beta_mse=0.0, alpha_ce=1.0), 1, 1, None)
+    cfg = loss_config(layout.variant_params(p, "ce_baseline").replace(alpha_ce=1.0), 1, 1, None)  # CE only
     work = p.run_dir / "teacher_finetune"
     result = train(p, model, tokenizer, features, [], work, cfg=cfg, max_steps=p.teacher_finetune_steps,
                    learning_rate=p.teacher_finetune_lr)
