@@ -11,6 +11,8 @@ summary reports, t(0.975, S-1) x sqrt((sigma_seed^2 + sigma_q^2 / n) / S), and t
 falls below --effect (none when the seed part alone is wider). The question-level interval (a paired
 interval over questions of the seed-averaged difference, 1.96 x sd_q / sqrt(n)) is printed beside it.
 Run: python benchmarks/questions_needed.py params/<profile>.yaml --a default/distilled --b default/ce_baseline
+ or, from a signal grid's committed records: python benchmarks/questions_needed.py params/signal_cpu.yaml
+    --signal reports/signal_cpu/signal.json --layers 16 --a kd_teacher --b ce_only
 """
 from __future__ import annotations
 
@@ -37,20 +39,29 @@ def per_question_f1(score_file: Path, references: dict[str, list[str]]) -> dict[
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("params")
-    parser.add_argument("--a", required=True, help="sweep/variant, e.g. default/distilled")
+    parser.add_argument("--a", required=True, help="sweep/variant, e.g. default/distilled (with --signal: an arm)")
     parser.add_argument("--b", required=True, help="sweep/variant it is compared with")
     parser.add_argument("--sweeps", help="the sweeps folder (default artifacts/<run>/sweeps)")
     parser.add_argument("--questions", type=int, help="the scored question count (default: the registry's)")
+    parser.add_argument("--signal", help="a signal grid's signal.json: compare two of its arms at --layers")
+    parser.add_argument("--layers", type=int, help="with --signal: the student size")
     parser.add_argument("--effect", type=float, default=3.0, help="F1 points the interval must resolve")
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
     p = params.load(args.params)
+    arms = {}
+    if args.signal:  # the records keep each model's F1 per question
+        records = json.loads(Path(args.signal).read_text())["records"]
+        for arm in (args.a, args.b):
+            arms[arm] = {f"seed{r['seed']}": {q: 100.0 * f for q, f in r["f1_per_question"].items()}
+                         for r in records if r["arm"] == arm and r["layers"] == args.layers}
+            if not arms[arm]:
+                raise SystemExit(f"error: no records of arm {arm} at {args.layers} layers in {args.signal}")
     folder = Path(args.sweeps) if args.sweeps else layout.base_run_dir(p) / "sweeps"
     n_q = args.questions or sweep.load_registry(p).get("questions") or p.bench_size
-    references = {r["id"]: r["answers"]["text"] for r in steps.bench_rows(p, n_q)}
-    arms = {}
-    for arm in (args.a, args.b):
+    references = {} if args.signal else {r["id"]: r["answers"]["text"] for r in steps.bench_rows(p, n_q)}
+    for arm in () if args.signal else (args.a, args.b):
         name, _, variant = arm.partition("/")
         files = sorted((folder / name).glob(f"seed*/scores/{variant}_{n_q}q.json"))
         if not files:
