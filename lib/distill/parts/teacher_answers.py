@@ -13,7 +13,6 @@ Layout, beside the teacher cache (`artifacts/<run>/teacher_cache/answers-L<max_l
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 
 from distill.core import paths
 from distill.parts import benchmark, data, metrics
-from distill.parts.teacher_cache import folder_digest, tokenizer_digest
+from distill.parts.teacher_cache import folder_digest, template_digest, tokenizer_digest
 
 
 class AnswersMissing(FileNotFoundError):
@@ -39,7 +38,7 @@ def view_file(base_run_dir: Path, p) -> Path:
 def answers_config(teacher_source: str, tokenizer, max_length: int, max_new_tokens: int, seed: int) -> dict[str, Any]:
     """What the answers depend on: the teacher's content and prompt, the window budget and its seed."""
     return {"teacher": folder_digest(teacher_source), "tokenizer": tokenizer_digest(tokenizer),
-            "chat_template": hashlib.sha256(str(tokenizer.chat_template or "").encode()).hexdigest()[:16],
+            "chat_template": template_digest(tokenizer),
             "max_length": max_length, "max_new_tokens": max_new_tokens, "seed": seed}
 
 

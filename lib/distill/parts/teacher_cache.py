@@ -67,6 +67,11 @@ def tokenizer_digest(tokenizer) -> str:
     return hashlib.sha256(tok_json.encode()).hexdigest()[:16]
 
 
+def template_digest(tokenizer) -> str:
+    """The prompt format's identity: its chat template (none: the plain Context/Question/Answer prompt)."""
+    return hashlib.sha256(str(tokenizer.chat_template or "").encode()).hexdigest()[:16]
+
+
 POSITIONS = ("all", "answer")
 
 
@@ -77,7 +82,7 @@ def cache_config(teacher_source: str, tokenizer, max_length: int, temperature: f
     if positions not in POSITIONS:
         raise ValueError(f"positions: got {positions!r}; expected one of {POSITIONS}")
     return {"teacher": folder_digest(teacher_source), "tokenizer": tokenizer_digest(tokenizer), "vocab": len(tokenizer),
-            "chat_template": hashlib.sha256(str(tokenizer.chat_template or "").encode()).hexdigest()[:16],
+            "chat_template": template_digest(tokenizer),
             "max_length": max_length, "temperature": float(temperature), "format": fmt, "k": int(k),
             "positions": positions}
 

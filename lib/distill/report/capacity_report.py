@@ -65,15 +65,22 @@ def kept_interval(student: np.ndarray, teacher: np.ndarray, draws: int = 2000, s
     return float(np.quantile(ratios, 0.025)), float(np.quantile(ratios, 0.975))
 
 
-def analyse(scores: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per size and variant: means, seed spread, intervals, the share of the teacher kept; per size the paired
-    distilled-minus-CE-only gain."""
-    teacher = next(s for s in scores if s["variant"] == "teacher")
-    ids = teacher["question_ids"]
+def same_questions(scores: list[dict[str, Any]]) -> list[str]:
+    """The question ids every model of a grid was scored on (the teacher's first); a model scored on others is an
+    error: paired differences need one exam."""
+    ids = next(s for s in scores if s["variant"] == "teacher")["question_ids"]
     for s in scores:
         if s["question_ids"] != ids:
             raise ValueError(f"{s['variant']} {s['layers']} layers seed {s['seed']} was scored on other questions than "
                              "the teacher; score every model of the grid again")
+    return ids
+
+
+def analyse(scores: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per size and variant: means, seed spread, intervals, the share of the teacher kept; per size the paired
+    distilled-minus-CE-only gain."""
+    teacher = next(s for s in scores if s["variant"] == "teacher")
+    ids = same_questions(scores)
     teacher_q = 100.0 * np.array(teacher["f1_per_question"], dtype=float)
     sizes = sorted({s["layers"] for s in scores if s["variant"] != "teacher"}, reverse=True)
     curve, gains = [], []

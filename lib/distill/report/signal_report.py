@@ -22,7 +22,7 @@ import pandas as pd
 from distill.core import paths
 from distill.core.params import StudyParams
 from distill.report import stats
-from distill.report.capacity_report import json_default, kept_interval, load_scores
+from distill.report.capacity_report import json_default, kept_interval, load_scores, same_questions
 from distill.study import capacity, layout
 
 PREDICTIONS_DIR = "signal_predictions"
@@ -45,11 +45,7 @@ def collect(base: StudyParams) -> dict[str, Any]:
     """signal.json's content: the teacher and one record per (size, arm, seed), each with its F1 per question."""
     scores = load_scores(base)
     teacher = scores[0]
-    ids = teacher["question_ids"]
-    for s in scores:
-        if s["question_ids"] != ids:
-            raise ValueError(f"{s['variant']} {s['layers']} layers seed {s['seed']} was scored on other questions than "
-                             "the teacher; score every model of the grid again")
+    ids = same_questions(scores)
     per_q = lambda s: dict(zip(s["question_ids"], s["f1_per_question"]))  # noqa: E731
     records = []
     for s in scores[1:]:
