@@ -249,20 +249,23 @@ def test_a_signal_grid_runs_end_to_end_and_its_page_opens_with_the_answer(tmp_pa
     from conftest import make_project_copy, run_in_project
 
     project = make_project_copy(tmp_path / "project")
+    # kd_nf4: kd_teacher's twin taught by the same teacher held in NF4 (its own answers and cache)
     arms = "{ce_only: {variant: ce_baseline}, seqkd: {gamma_kl: 0.0, teacher_answered_size: 6}, " \
-           "kd_teacher: {teacher_answered_size: 6}}"
+           "kd_teacher: {teacher_answered_size: 6}, kd_nf4: {teacher_answered_size: 6, teacher_load_in_4bit: true}}"
     res = run_in_project(project, "run", "params/smoke.yaml", "--set", "run_name=signal", "--set", "student=prune",
                          "--set", "prune_keep=3", "--set", "teacher_finetune=false", "--set", "recovery_size=0",
                          "--set", "recovery_steps=0", "--set", "capacity_keep=[2]", "--set", "capacity_seeds=[0]",
                          "--set", "capacity_questions=6", "--set", "latency_prompts=1", "--set", "teacher_cache=sampled",
                          "--set", "teacher_cache_k=4", "--set", "beta_mse=0", "--set", "distill_positions=answer",
-                         "--set", "max_new_tokens=4", "--set", f"capacity_arms={arms}", "--only", "capacity-report")
+                         "--set", "max_new_tokens=4", "--set", f"capacity_arms={arms}", "--set", "teacher_load_in_4bit=false",
+                         "--set", "fidelity_precisions=[nf4-float32]", "--only", "capacity-report,fourbit-report")
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    assert re.search(r"answers-L128-N4: 6 teacher-answered questions, 6 asked now", res.stdout), res.stdout[-3000:]
+    for store in ("answers-L128-N4", "answers-L128-N4-nf4-float32"):  # each teacher answers for its own arms
+        assert re.search(rf"{store}: 6 teacher-answered questions, 6 asked now", res.stdout), res.stdout[-3000:]
     report = project / "reports" / "signal"
     out = json.loads((report / "signal.json").read_text())
     assert {(r["layers"], r["arm"], r["seed"]) for r in out["records"]} == {(2, a, 0) for a in
-                                                                           ("ce_only", "seqkd", "kd_teacher")}
+                                                                           ("ce_only", "seqkd", "kd_teacher", "kd_nf4")}
     for rec in [out["teacher"], *out["records"]]:
         assert len(rec["f1_per_question"]) == 6 and (report / rec["predictions_file"]).exists()
     # the two teacher-answered arms read the same stored answers; the CE-only arm reads none
@@ -274,3 +277,16 @@ def test_a_signal_grid_runs_end_to_end_and_its_page_opens_with_the_answer(tmp_pa
     body = re.sub(r"<[^>]+>", " ", page[page.index("<body"):])
     assert body.index("Which of the teacher") < body.index(out["headline"][0][:40]) < body.index("How it was")
     assert len(re.findall(r'<img[^>]+src="data:image/png;base64,', page)) == 1
+    # the 4-bit teacher: measured against float32, and the students it taught paired with kd_teacher's
+    fourbit = json.loads((report / "fourbit.json").read_text())
+    assert [(r["teacher"], r["temperature"]) for r in fourbit["fidelity"]] == [
+        ("float32", 1.0), ("float32", 2.0), ("nf4-float32", 1.0), ("nf4-float32", 2.0)]
+    assert fourbit["fidelity"][2]["kl_mean"] > 0 and fourbit["fidelity"][0]["kl_mean"] == 0
+    assert {(s["arm"], s["teacher"]) for s in fourbit["students"]} == {
+        ("ce_only", "none"), ("seqkd", "float32"), ("kd_teacher", "float32"), ("kd_nf4", "nf4-float32")}
+    [diff] = fourbit["student_differences"]
+    assert (diff["arm"], diff["reference_arm"], diff["seeds"]) == ("kd_nf4", "kd_teacher", 1)
+    page = (report / "06_fourbit.html").read_text()
+    assert "Traceback" not in page
+    body = re.sub(r"<[^>]+>", " ", page[page.index("<body"):])
+    assert body.index("4-bit teacher cost") < body.index(fourbit["headline"][0][:30]) < body.index("How it was")

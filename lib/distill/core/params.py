@@ -57,6 +57,8 @@ class StudyParams:
     teacher_load_in_4bit: bool = _f(False, "load the teacher NF4 4-bit with bitsandbytes")
     bnb_compute_dtype: Literal["float32", "bfloat16", "float16"] = _f(
         "float32", "compute dtype of the 4-bit teacher's matmuls")
+    bnb_double_quant: bool = _f(False, "4-bit teacher: quantise its quantisation constants too "
+                                "(bnb_4bit_use_double_quant; about 0.4 bits per weight less)")
 
     # --- teacher preparation (notebook 00) -----------------------------------------------
     teacher_finetune: bool = _f(False, "fine-tune the teacher on SQuAD before distilling")
@@ -161,6 +163,10 @@ class StudyParams:
     capacity_questions: int = _f(300, "capacity grid: validation questions every model is scored on", min=1)
     latency_prompts: int = _f(24, "questions answered one at a time (batch 1) to time each model's per-request "
                                   "latency: the first N of the scored ones (speed stages: at most bench_size)", min=1)
+    fidelity_precisions: list[str] = _f([], "capacity grid: teacher precisions measured against the float32 teacher "
+                                            "on the scored questions (KL, top-1 agreement, sampled-cache distance, "
+                                            "EM/F1, load time, memory, latency), e.g. [nf4-float32, nf4dq-float32]: "
+                                            "nf4 or nf4dq (double quantisation), then the compute dtype")
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -199,6 +205,11 @@ class StudyParams:
                     min(self.capacity_seeds) < 0:
                 raise ParamsError(f"capacity_seeds: {self.capacity_seeds}; give distinct seeds >= 0, e.g. [0, 1, 2]")
             self._check_arms()
+            for name in self.fidelity_precisions:
+                precision_settings(name)
+            if self.fidelity_precisions and self.teacher_load_in_4bit:
+                raise ParamsError("fidelity_precisions measures 4-bit teachers against the run's float32 teacher; set "
+                                  "teacher_load_in_4bit: false (an arm may set it: true)")
             if self.latency_prompts > self.capacity_questions:
                 raise ParamsError(f"latency_prompts: {self.latency_prompts} exceeds capacity_questions "
                                   f"({self.capacity_questions}); the timed prompts are a subset of the scored ones")
@@ -250,6 +261,14 @@ class StudyParams:
     @property
     def deploy_path(self) -> Path:
         return paths.resolve(self.deploy_dir) if self.deploy_dir else self.run_dir / "deploy"
+
+    @property
+    def teacher_precision(self) -> str:
+        """How the teacher's weights are held: the model dtype, or `nf4[dq]-<compute dtype>` for a 4-bit teacher
+        (what its cached targets and answers depend on besides its weights); `precision_settings` reads it back."""
+        if not self.teacher_load_in_4bit:
+            return self.model_dtype
+        return f"nf4{'dq' if self.bnb_double_quant else ''}-{self.bnb_compute_dtype}"
 
     @property
     def uses_teacher(self) -> bool:
@@ -474,6 +493,20 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
             raise ParamsError(f"--set {item}: expected KEY=VALUE, e.g. --set seed=1")
         out[key.strip()] = _read_yaml(raw, f"--set {item}") if raw.strip() else ""
     return out
+
+
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+PRECISION_KEYS = ("teacher_load_in_4bit", "bnb_compute_dtype", "bnb_double_quant")  # how the teacher's weights are held
+
+
+def precision_settings(name: str) -> dict[str, Any]:
+    """The params keys of a 4-bit teacher precision named as `StudyParams.teacher_precision` names it, e.g.
+    "nf4dq-bfloat16" -> teacher_load_in_4bit, bnb_double_quant, bnb_compute_dtype."""
+    kind, _, dtype = name.partition("-")
+    if kind not in ("nf4", "nf4dq") or dtype not in COMPUTE_DTYPES:
+        raise ParamsError(f"fidelity_precisions: got {name!r}; name a 4-bit teacher as nf4-<dtype> or nf4dq-<dtype> "
+                          f"(double quantisation), <dtype> one of {', '.join(COMPUTE_DTYPES)}, e.g. nf4-float32")
+    return {"teacher_load_in_4bit": True, "bnb_double_quant": kind == "nf4dq", "bnb_compute_dtype": dtype}
 
 
 def from_notebook(namespace: dict[str, Any]) -> StudyParams:

@@ -97,15 +97,14 @@ def analyse(signal: dict[str, Any]) -> dict[str, Any]:
                    else None}
             paired = [s for s in seeds if s in base_seeds]
             if arm != base_arm and paired:
-                d = m[[seeds.index(s) for s in paired]] - base_m[[base_seeds.index(s) for s in paired]]
-                dq, ds = d.mean(axis=0), d.mean(axis=1)
-                g_low, g_high = stats.ci95(list(dq))
+                g = stats.paired_gain(m[[seeds.index(s) for s in paired]],
+                                      base_m[[base_seeds.index(s) for s in paired]])
                 b_loss = at[at["arm"] == base_arm].set_index("seed")["answer_loss"]
                 a_loss = recs.set_index("seed")["answer_loss"]
                 loss_d = [float(a_loss[s] - b_loss[s]) for s in paired]
-                row.update(gain_f1=float(dq.mean()), gain_ci95_low=g_low, gain_ci95_high=g_high,
-                           gain_per_seed=[float(x) for x in ds], gain_seeds_won=f"{int((ds > 0).sum())}/{len(ds)}",
-                           gain_resolved=bool(g_low > 0 or g_high < 0), gain_answer_loss=statistics.fmean(loss_d))
+                row.update(gain_f1=g["gain"], gain_ci95_low=g["low"], gain_ci95_high=g["high"],
+                           gain_per_seed=g["per_seed"], gain_seeds_won=g["seeds_won"], gain_resolved=g["resolved"],
+                           gain_answer_loss=statistics.fmean(loss_d))
             rows.append(row)
     return {"teacher": {k: signal["teacher"][k] for k in ("layers", "params_m", "f1", "exact_match", "answer_loss")},
             "baseline_arm": base_arm, "n_questions": len(ids), "arms": rows}
