@@ -194,7 +194,7 @@ def signal_scores(gain=0.15):
 
 def test_each_arms_gain_is_the_paired_mean_over_questions_with_its_t_interval(monkeypatch):
     scores = signal_scores()
-    monkeypatch.setattr(signal_report, "load_scores", lambda base: scores)
+    monkeypatch.setattr(signal_report, "load_scores", lambda base, partial=False: scores)
     monkeypatch.setattr(signal_report, "train_minutes", lambda *a: 2.0)
     sig = signal_report.collect(signal_params(capacity_keep=[2], capacity_seeds=[0, 1, 2]))
     assert len(sig["records"]) == 12 and sig["baseline_arm"] == "ce_only"
@@ -217,6 +217,31 @@ def test_each_arms_gain_is_the_paired_mean_over_questions_with_its_t_interval(mo
                     r"trains in 2\.0 CPU min vs 2\.0 for CE-only\.", line), line
 
 
+def test_a_grid_still_running_is_reported_as_far_as_it_got_and_says_what_is_missing(monkeypatch, tmp_path):
+    """By hand (a lab run) the page shows the trainings scored so far; the pipeline's page needs every one."""
+    from distill.report import capacity_report
+
+    monkeypatch.setattr(signal_report, "train_minutes", lambda *a: None)
+    p = signal_params(capacity_keep=[2], capacity_seeds=[0, 1, 2])
+    monkeypatch.setattr(capacity_report, "score_file", lambda base, model, keep=None, seed=None: tmp_path / (
+        "teacher.json" if model == "teacher" else f"{keep}-{model}-{seed}.json"))
+    have = [s for s in signal_scores() if s["variant"] in ("teacher", "ce_only", "seqkd") and s["seed"] != 2 or
+            s["variant"] == "teacher"]
+    for s in have:
+        (tmp_path / ("teacher.json" if s["variant"] == "teacher" else f"2-{s['variant']}-{s['seed']}.json")).write_text(
+            json.dumps(s))
+    with pytest.raises(FileNotFoundError, match="capacity score file"):
+        signal_report.collect(p)
+    sig = signal_report.collect(p, partial=True)
+    assert {(r["arm"], r["seed"]) for r in sig["records"]} == {(a, s) for a in ("ce_only", "seqkd") for s in (0, 1)}
+    assert len(sig["missing"]) == 12 - 4 and "2 layers seqkd seed 2" in sig["missing"]
+    result = signal_report.analyse(sig)
+    lines = signal_report.headline(result)
+    assert lines[0] == ("The grid is not complete: 4 of 12 trainings measured, so each size compares the arms measured "
+                        "there (not yet: 2 layers: ce_only, kd_answer, seqkd, kd_teacher).")
+    assert {r["arm"]: r["seeds"] for r in result["arms"]} == {"ce_only": 2, "seqkd": 2}
+
+
 def test_the_committed_predictions_rescore_to_the_records_by_the_official_script(monkeypatch, tmp_path, squad_dir):
     """Every record's F1 is re-derived from its official-format predictions file and the dev set."""
     dev = data.load_squad("validation", str(squad_dir), 0)[:6]
@@ -226,7 +251,7 @@ def test_the_committed_predictions_rescore_to_the_records_by_the_official_script
     s = score("teacher", 4, 0, per_q, 10.0)
     s.update(question_ids=[r["id"] for r in dev], predictions=dict(zip([r["id"] for r in dev], preds)), wall_s=1.0)
     student = {**s, "variant": "ce_only", "layers": 2, "params_m": 6.0}
-    monkeypatch.setattr(signal_report, "load_scores", lambda base: [s, student])
+    monkeypatch.setattr(signal_report, "load_scores", lambda base, partial=False: [s, student])
     monkeypatch.setattr(signal_report, "train_minutes", lambda *a: None)
     monkeypatch.setattr(paths, "REPORTS_DIR", tmp_path)
     base = signal_params(capacity_keep=[2], capacity_seeds=[0])

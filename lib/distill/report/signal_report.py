@@ -41,9 +41,10 @@ def train_minutes(base: StudyParams, keep: int, seed: int, arm: str) -> float | 
     return json.loads(f.read_text()).get("wall_s", 0.0) / 60
 
 
-def collect(base: StudyParams) -> dict[str, Any]:
-    """signal.json's content: the teacher and one record per (size, arm, seed), each with its F1 per question."""
-    scores = load_scores(base)
+def collect(base: StudyParams, partial: bool = False) -> dict[str, Any]:
+    """signal.json's content: the teacher and one record per (size, arm, seed), each with its F1 per question.
+    `partial`: the trainings scored so far, the others listed as "missing" (a grid still running)."""
+    scores = load_scores(base, partial)
     teacher = scores[0]
     ids = same_questions(scores)
     per_q = lambda s: dict(zip(s["question_ids"], s["f1_per_question"]))  # noqa: E731
@@ -60,7 +61,14 @@ def collect(base: StudyParams) -> dict[str, Any]:
                         "exact_match": teacher["exact_match"], "answer_loss": teacher["answer_loss"],
                         "predictions_file": f"{PREDICTIONS_DIR}/teacher.json", "f1_per_question": per_q(teacher)},
             "baseline_arm": capacity.baseline_arm(base), "arms": capacity.arms(base), "question_ids": ids,
-            "records": records}
+            "records": records, "missing": missing_cells(base, records)}
+
+
+def missing_cells(base: StudyParams, records: list[dict[str, Any]]) -> list[str]:
+    """The grid's trainings without a record, as `<layers> layers <arm> seed <seed>`."""
+    have = {(r["layers"], r["arm"], r["seed"]) for r in records}
+    return [f"{k} layers {a} seed {s}" for k in sorted(base.capacity_keep, reverse=True) for a in capacity.arms(base)
+            for s in base.capacity_seeds if (k, a, s) not in have]
 
 
 def analyse(signal: dict[str, Any]) -> dict[str, Any]:
@@ -107,7 +115,8 @@ def analyse(signal: dict[str, Any]) -> dict[str, Any]:
                            gain_answer_loss=statistics.fmean(loss_d))
             rows.append(row)
     return {"teacher": {k: signal["teacher"][k] for k in ("layers", "params_m", "f1", "exact_match", "answer_loss")},
-            "baseline_arm": base_arm, "n_questions": len(ids), "arms": rows}
+            "baseline_arm": base_arm, "n_questions": len(ids), "arms": rows, "missing": signal.get("missing", []),
+            "trainings": len(signal["records"])}
 
 
 def headline(result: dict[str, Any]) -> list[str]:
@@ -116,6 +125,15 @@ def headline(result: dict[str, Any]) -> list[str]:
     df = pd.DataFrame(result["arms"])
     lines = [f"Teacher ({t['layers']} layers, {t['params_m']:.0f} M parameters): F1 {t['f1']:.1f} on "
              f"{result['n_questions']} SQuAD validation questions."]
+    if result.get("missing"):
+        by_size: dict[str, list[str]] = {}
+        for cell in result["missing"]:
+            layers, arm = cell.split(" seed ")[0].rsplit(" ", 1)
+            if arm not in by_size.setdefault(layers, []):
+                by_size[layers].append(arm)
+        pending = "; ".join(f"{k}: " + ", ".join(v) for k, v in by_size.items())
+        lines.insert(0, f"The grid is not complete: {result['trainings']} of {result['trainings'] + len(result['missing'])}"
+                        f" trainings measured, so each size compares the arms measured there (not yet: {pending}).")
     for layers in sorted(df["layers"].unique(), reverse=True):
         at = df[df["layers"] == layers]
         best = at.sort_values("f1", ascending=False).iloc[0]
@@ -153,7 +171,7 @@ def table(result: dict[str, Any]) -> pd.DataFrame:
 def write(base: StudyParams, signal: dict[str, Any], result: dict[str, Any]) -> Path:
     """reports/<run>/signal.json, signal_table.csv and the official-format predictions of every model."""
     folder = base.report_dir
-    scores = load_scores(base)
+    scores = load_scores(base, partial=bool(signal.get("missing")))
     for s in scores:
         name = prediction_name(s["layers"], s["variant"], s["seed"])
         paths.write_text_atomic(folder / PREDICTIONS_DIR / name, json.dumps(s["predictions"], indent=0, sort_keys=True))
