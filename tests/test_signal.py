@@ -218,7 +218,8 @@ def test_each_arms_gain_is_the_paired_mean_over_questions_with_its_t_interval(mo
 
 
 def test_a_grid_still_running_is_reported_as_far_as_it_got_and_says_what_is_missing(monkeypatch, tmp_path):
-    """By hand (a lab run) the page shows the trainings scored so far; the pipeline's page needs every one."""
+    """While a grid runs its page shows the trainings scored so far and says which are missing (the pipeline's
+    report stage waits for every one); the analysis of a whole grid refuses a missing score file."""
     from distill.report import capacity_report
 
     monkeypatch.setattr(signal_report, "train_minutes", lambda *a: None)
