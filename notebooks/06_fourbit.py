@@ -47,7 +47,10 @@ display(HTML(fourbit_report.fidelity_table(fourbit).round(4).to_html(index=False
 # %% [markdown]
 # ## The students
 # Each 4-bit arm against its float32 twin (the same settings but the teacher's precision): the F1 difference per
-# question averaged over seeds, with a 95% t interval over questions; the answer-loss difference per seed.
+# question averaged over seeds, with a 95% t interval over questions (the seeds held fixed: the per-seed differences
+# in `fourbit.json` show the training's own spread); the answer-loss difference averaged over seeds. The cache
+# distance draws both teachers' caches with the same random numbers, the noise floor with different ones: a
+# distance below the floor still measures a difference in the distributions, not its absence.
 
 # %%
 display(HTML(fourbit_report.students_table(students).round(3).to_html(index=False, na_rep="")))

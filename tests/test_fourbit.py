@@ -26,6 +26,10 @@ def test_a_bad_precision_is_refused_naming_the_forms_accepted(bad):
         grid_params(fidelity_precisions=[bad], teacher_load_in_4bit=False)
     with pytest.raises(params.ParamsError, match="set teacher_load_in_4bit: false"):
         grid_params(fidelity_precisions=["nf4-float32"], teacher_load_in_4bit=True)
+    with pytest.raises(params.ParamsError, match="names a precision twice"):
+        grid_params(fidelity_precisions=["nf4-float32", "nf4-float32"], teacher_load_in_4bit=False)
+    with pytest.raises(params.ParamsError, match="set capacity_keep"):
+        grid_params(fidelity_precisions=["nf4-float32"], teacher_load_in_4bit=False, capacity_keep=[])
 
 
 def test_each_precision_gets_a_score_and_a_fidelity_stage_and_the_page_reads_them(monkeypatch):

@@ -241,6 +241,11 @@ def test_a_grid_still_running_is_reported_as_far_as_it_got_and_says_what_is_miss
     assert lines[0] == ("The grid is not complete: 4 of 12 trainings measured, so each size compares the arms measured "
                         "there (not yet: 2 layers: ce_only, kd_answer, seqkd, kd_teacher).")
     assert {r["arm"]: r["seeds"] for r in result["arms"]} == {"ce_only": 2, "seqkd": 2}
+    # before any CE-only seed is scored there is nothing to pair with, and the page says so
+    early = {**sig, "records": [r for r in sig["records"] if r["arm"] == "seqkd"]}
+    assert signal_report.headline(signal_report.analyse(early))[-1] == \
+        "2 layers (60% of the teacher's parameters): no arm is paired with a ce_only seed yet."
+    assert signal_report.headline(signal_report.analyse({**sig, "records": []}))[-1] == "No student is scored yet."
 
 
 def test_the_committed_predictions_rescore_to_the_records_by_the_official_script(monkeypatch, tmp_path, squad_dir):

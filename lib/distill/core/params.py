@@ -205,19 +205,30 @@ class StudyParams:
                     min(self.capacity_seeds) < 0:
                 raise ParamsError(f"capacity_seeds: {self.capacity_seeds}; give distinct seeds >= 0, e.g. [0, 1, 2]")
             self._check_arms()
-            for name in self.fidelity_precisions:
-                precision_settings(name)
-            if self.fidelity_precisions and self.teacher_load_in_4bit:
-                raise ParamsError("fidelity_precisions measures 4-bit teachers against the run's float32 teacher; set "
-                                  "teacher_load_in_4bit: false (an arm may set it: true)")
             if self.latency_prompts > self.capacity_questions:
                 raise ParamsError(f"latency_prompts: {self.latency_prompts} exceeds capacity_questions "
                                   f"({self.capacity_questions}); the timed prompts are a subset of the scored ones")
+        if self.fidelity_precisions:
+            self._check_fidelity()
         if self.teacher_placement == "sharded" and self.teacher_load_in_4bit:
             raise ParamsError("teacher_placement: sharded needs an unquantised teacher (FSDP cannot shard 4-bit "
                               "weights); set teacher_load_in_4bit: false or teacher_placement: replicated")
         if self.recovery_steps and not self.recovery_size:
             raise ParamsError(f"recovery_steps: {self.recovery_steps} needs recovery_size >= 1 (contexts to train on)")
+
+    def _check_fidelity(self) -> None:
+        """4-bit teachers are measured on a capacity grid's questions against its float32 teacher."""
+        for name in self.fidelity_precisions:
+            precision_settings(name)
+        if len(set(self.fidelity_precisions)) != len(self.fidelity_precisions):
+            raise ParamsError(f"fidelity_precisions: {self.fidelity_precisions} names a precision twice; list each once")
+        if not self.capacity_keep:
+            raise ParamsError("fidelity_precisions measures teachers on a capacity grid's questions; set capacity_keep "
+                              "(e.g. [22]) or leave fidelity_precisions empty")
+        if self.teacher_load_in_4bit or self.model_dtype != "float32":
+            raise ParamsError("fidelity_precisions measures 4-bit teachers against the run's float32 teacher; set "
+                              "teacher_load_in_4bit: false and model_dtype: float32 (an arm may set "
+                              "teacher_load_in_4bit: true)")
 
     def _check_arms(self) -> None:
         """Each arm's settings must make valid params of their own; exactly one arm is the CE-only baseline. (Checked
@@ -230,7 +241,7 @@ class StudyParams:
                               "one arm is the CE-only baseline the others are compared with, e.g. "
                               "ce_only: {variant: ce_baseline}")
         grid = {"capacity_keep", "capacity_arms", "capacity_seeds", "capacity_questions", "run_name", "output_dir",
-                "seed", "student"}
+                "seed", "student", "fidelity_precisions"}
         for arm, settings in self.capacity_arms.items():
             try:
                 paths.check_name("capacity_arms", arm)
@@ -240,7 +251,8 @@ class StudyParams:
             if bad:
                 raise ParamsError(f"capacity_arms.{arm}: sets {bad}, which the grid sets per cell; an arm changes how "
                                   "a student trains (e.g. gamma_kl, teacher_answered_size, lmbda)")
-            base = {k: v for k, v in self.to_dict().items() if k not in ("capacity_keep", "capacity_arms")}
+            base = {k: v for k, v in self.to_dict().items()
+                    if k not in ("capacity_keep", "capacity_arms", "fidelity_precisions")}
             base["variant"] = "distilled"  # an arm is distilled unless it says otherwise (study.capacity.arm_params)
             if settings.get("variant") == "ce_baseline":
                 base.update(gamma_kl=0.0, beta_mse=0.0, lmbda=0.0, teacher_answered_size=0)

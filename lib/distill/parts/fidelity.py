@@ -46,9 +46,11 @@ def summary(values: list[float]) -> dict[str, float]:
 
 @torch.no_grad()
 def compare(reference, other, features: list[dict[str, Any]], *, temperatures: list[float], cache_temperature: float,
-            cache_k: int, pad_id: int, batch_size: int, seed: int, device: torch.device | str = "cpu"
-            ) -> dict[str, Any]:
-    """`other` against `reference` on the rows that predict the gold answer's tokens of `features`.
+            cache_k: int, pad_id: int, batch_size: int, seed: int, device: torch.device | str = "cpu",
+            vocab: int | None = None) -> dict[str, Any]:
+    """`other` against `reference` on the rows that predict the gold answer's tokens of `features`, over the first
+    `vocab` logits (the tokenizer's words, as the teacher cache keeps them; None: every logit). The caches compared
+    are in the sampled format (the study's profiles' `teacher_cache: sampled`).
 
     Returns {"rows", "kl": {T: {"mean", "p90"}}, "top1_agreement", "cache_distance": {"mean", "p90"},
     "cache_noise_floor": {"mean", "p90"}} (KL in nats per answer token; distances in [0, 1])."""
@@ -65,8 +67,9 @@ def compare(reference, other, features: list[dict[str, Any]], *, temperatures: l
         inputs = {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device),
                   "logits_to_keep": rows.to(device), "use_cache": False}
         ref = reference(**inputs).logits.float()
-        ref = ref.reshape(-1, ref.shape[-1]).cpu()
-        oth = other(**inputs).logits.float().reshape(ref.shape).cpu()
+        width = ref.shape[-1]
+        ref = ref.reshape(-1, width)[:, :vocab].cpu()
+        oth = other(**inputs).logits.float().reshape(-1, width)[:, :vocab].cpu()
         for t in kl:
             kl[t] += kl_rows(ref, oth, t).tolist()
         agree += (ref.argmax(-1) == oth.argmax(-1)).tolist()

@@ -335,8 +335,8 @@ def capacity_stages(base: StudyParams) -> list[Stage]:
     if base.fidelity_precisions:
         files = ["fourbit.json", "fourbit_fidelity.png"]
         out.append(Stage("fourbit-report", ["fourbit-report"],
-                         ["run_name", "capacity_keep", "capacity_seeds", "capacity_questions", "capacity_arms",
-                          "fidelity_precisions", "temperature"],
+                         ["run_name", "teacher", "capacity_keep", "capacity_seeds", "capacity_questions",
+                          "capacity_arms", "fidelity_precisions", "temperature"],
                          deps=[*notebook_code("06_fourbit"), *score_files, *fidelity_files],
                          reports=[f"{rep}/{f}" for f in files] + [f"{rel(base.run_dir)}/executed/06_fourbit.ipynb"],
                          notebook="06_fourbit", report="06_fourbit",

@@ -44,9 +44,9 @@ def arm_teacher(base: StudyParams, arm: str) -> str:
 
 def twin(base: StudyParams, arm: str) -> str | None:
     """The float32 arm with an arm's settings apart from the teacher's precision (None when there is none)."""
-    settings = {k: v for k, v in capacity.arms(base)[arm].items() if k not in PRECISION_KEYS}
+    strip = lambda s: {k: v for k, v in s.items() if k not in PRECISION_KEYS}  # noqa: E731
     for other, s in capacity.arms(base).items():
-        if other != arm and arm_teacher(base, other) == REFERENCE and s == settings:
+        if other != arm and arm_teacher(base, other) == REFERENCE and strip(s) == strip(capacity.arms(base)[arm]):
             return other
     return None
 

@@ -76,7 +76,8 @@ def analyse(signal: dict[str, Any]) -> dict[str, Any]:
     ids = signal["question_ids"]
     teacher_q = 100.0 * np.array([signal["teacher"]["f1_per_question"][q] for q in ids])
     base_arm = signal["baseline_arm"]
-    df = pd.DataFrame(signal["records"])
+    df = pd.DataFrame(signal["records"], columns=["layers", "arm", "seed", "params_m", "f1", "exact_match",
+                                                  "answer_loss", "train_minutes", "f1_per_question"])
     rows = []
     for layers in sorted(df["layers"].unique(), reverse=True):
         at = df[df["layers"] == layers]
@@ -134,11 +135,16 @@ def headline(result: dict[str, Any]) -> list[str]:
         pending = "; ".join(f"{k}: " + ", ".join(v) for k, v in by_size.items())
         lines.insert(0, f"The grid is not complete: {result['trainings']} of {result['trainings'] + len(result['missing'])}"
                         f" trainings measured, so each size compares the arms measured there (not yet: {pending}).")
+    if df.empty:
+        return lines + ["No student is scored yet."]
     for layers in sorted(df["layers"].unique(), reverse=True):
         at = df[df["layers"] == layers]
         best = at.sort_values("f1", ascending=False).iloc[0]
-        ce = at[at["arm"] == base].iloc[0]
         share = f"{100 * best['params_share']:.0f}% of the teacher's parameters"
+        if base not in set(at["arm"]) or (best["arm"] != base and pd.isna(best.get("gain_f1"))):
+            lines.append(f"{layers} layers ({share}): no arm is paired with a {base} seed yet.")
+            continue
+        ce = at[at["arm"] == base].iloc[0]
         if best["arm"] == base:
             lines.append(f"{layers} layers ({share}): no arm beats CE-only (F1 {ce['f1']:.1f}, keeps "
                          f"{100 * ce['kept_f1']:.0f}% of the teacher's F1).")

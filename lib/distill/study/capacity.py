@@ -69,7 +69,7 @@ def seed_params(base: StudyParams, keep: int, seed: int) -> StudyParams:
     run's tuned teacher and teacher cache."""
     rel = lambda path: project_relative(path, "output_dir")  # noqa: E731
     # the leading underscore keeps the cells' own training reports out of git (see .gitignore)
-    return base.replace(seed=seed, student=rel(student_dir(base, keep)), capacity_keep=[], capacity_arms={},
+    return base.replace(seed=seed, student=rel(student_dir(base, keep)), capacity_keep=[], capacity_arms={}, fidelity_precisions=[],
                         teacher_seed=base.seed if base.teacher_seed < 0 else base.teacher_seed, run_name=f"_{base.run_name}_keep{keep}_seed{seed}", output_dir=rel(seed_dir(base, keep, seed)),
                         deploy_dir="", base_run_dir=rel(base.run_dir))
 

@@ -115,7 +115,7 @@ def score_capacity_model(base: StudyParams, model: str, keep: int | None = None,
            "wall_s": time.perf_counter() - t0, "load_s": load_s, "precision": sp.teacher_precision if model == "teacher"
            else sp.model_dtype,
            # this stage's process: loading, then answering every question
-           "peak_rss_mb": benchmark.peak_rss_mb(), "rss_before_load_mb": rss_before}
+           "peak_rss_mb": benchmark.peak_rss_mb(), "peak_rss_before_load_mb": rss_before}
     f = capacity.score_file(base, model, keep, seed)
     paths.write_text_atomic(f, json.dumps(out, indent=1))
     print(f"{model} {out['layers']} layers seed {out['seed']}: EM {out['exact_match']:.1f} F1 {out['f1']:.1f} "
@@ -138,7 +138,8 @@ def measure_fidelity(base: StudyParams, precision: str) -> dict[str, Any]:
     t0 = time.perf_counter()
     got = fidelity.compare(reference, other, features, temperatures=sorted({1.0, float(base.temperature)}),
                            cache_temperature=base.temperature, cache_k=base.teacher_cache_k,
-                           pad_id=tokenizer.pad_token_id, batch_size=base.batch_size, seed=base.seed, device=device)
+                           pad_id=tokenizer.pad_token_id, batch_size=base.batch_size, seed=base.seed, device=device,
+                           vocab=len(tokenizer))
     out = {"precision": precision, "reference": "float32", "n_questions": len(rows), "cache_k": base.teacher_cache_k,
            "cache_temperature": base.temperature, **got, "wall_s": time.perf_counter() - t0}
     f = capacity.fidelity_file(base, precision)
