@@ -9,6 +9,7 @@ TORCH_INDEX ?=
 PROFILE ?= smollm2-135m_to_pruned24_cpu
 CAPACITY_PROFILE ?= capacity_cpu
 SIGNAL_PROFILE ?= signal_cpu
+FOURBIT_PROFILE ?= fourbit_cpu
 # A seed sweep: SWEEP names the setting, SWEEP_ARGS changes it, e.g. SWEEP_ARGS='--set distill_positions=answer'
 SWEEP ?= default
 SEEDS ?= 0,1,2
@@ -21,7 +22,7 @@ export SQUAD_DIR ?= $(wildcard $(abspath ../shared/data/squad))
 export PYTHONUNBUFFERED := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup browser test test-fast study sweep capacity signal smoke status dag validate params lab notebooks bench-loss bench-step bench-processes clean
+.PHONY: help setup browser test test-fast study sweep capacity signal fourbit smoke status dag validate params lab notebooks bench-loss bench-step bench-processes clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -59,6 +60,9 @@ capacity: setup ## the capacity curve: students of 4 sizes x CE-only/distilled x
 
 signal: setup ## the signal grid: which of the teacher's signals (teacher answers, every position, on-policy...) pays at 24 and 16 layers; reports/signal_cpu/05_signal.html
 	$(PY) -m distill run params/$(SIGNAL_PROFILE).yaml --only capacity-report
+
+fourbit: setup ## what a 4-bit (NF4) teacher costs: its fidelity to float32 and the students it teaches; reports/fourbit_cpu/06_fourbit.html
+	$(PY) -m distill run params/$(FOURBIT_PROFILE).yaml --only fourbit-report
 
 smoke: setup ## the whole study on tiny models (3 to 5 minutes): reports/smoke/
 	$(PY) -m distill run params/smoke.yaml

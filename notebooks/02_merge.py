@@ -52,13 +52,12 @@ plots.save(plots.merge_check(merges, f"{p.run_name}: merged vs adapter logits"),
 rows = sets.bench_rows[: p.qualitative_examples]
 answers = {}
 if rows:
-    sources = {"teacher": (steps.teacher_source(p), p.teacher_load_in_4bit),
-               "student before training": (steps.student_source(p), False),
-               **{label: (str(layout.merged_dir(p, name)), False) for label, name in results.MODEL_KEYS.items()
+    sources = {"teacher": steps.scored_source(p, "teacher"),
+               "student before training": steps.scored_source(p, "student_before"),
+               **{label: steps.scored_source(p, name) for label, name in results.MODEL_KEYS.items()
                   if name in {m["variant"] for m in merges}}}
-    for name, (source, four_bit) in sources.items():
-        model = models.load_model(source, dtype=p.model_dtype, load_in_4bit=four_bit,
-                                  bnb_compute_dtype=p.bnb_compute_dtype, device=device)
+    for name, (source, quant) in sources.items():
+        model = models.load_model(source, dtype=p.model_dtype, **quant, device=device)
         tok = models.load_tokenizer(source)
         result = benchmark.evaluate(model, tok, rows, max_length=p.max_length, max_new_tokens=p.max_new_tokens,
                                     batch_size=p.bench_batch_size, seed=p.seed, device=device)

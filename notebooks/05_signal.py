@@ -18,7 +18,7 @@ from distill.study import layout
 
 p = layout.notebook_params(params.from_notebook(globals()))
 run = layout.pipeline_run(p)  # the run whose grid stages trained and scored the students
-signal = signal_report.collect(run)
+signal = signal_report.collect(run, partial=True)  # a grid still running: the page opens saying what is missing
 result = signal_report.analyse(signal)
 signal_report.write(p, signal, result)
 

@@ -12,7 +12,7 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.p
 
 
 def test_there_are_notebooks():
-    assert [n.stem for n in NOTEBOOKS] == ["00_teacher", "01_distill", "02_merge", "03_benchmark", "04_capacity", "05_signal"]
+    assert [n.stem for n in NOTEBOOKS] == ["00_teacher", "01_distill", "02_merge", "03_benchmark", "04_capacity", "05_signal", "06_fourbit"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

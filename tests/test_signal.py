@@ -194,7 +194,7 @@ def signal_scores(gain=0.15):
 
 def test_each_arms_gain_is_the_paired_mean_over_questions_with_its_t_interval(monkeypatch):
     scores = signal_scores()
-    monkeypatch.setattr(signal_report, "load_scores", lambda base: scores)
+    monkeypatch.setattr(signal_report, "load_scores", lambda base, partial=False: scores)
     monkeypatch.setattr(signal_report, "train_minutes", lambda *a: 2.0)
     sig = signal_report.collect(signal_params(capacity_keep=[2], capacity_seeds=[0, 1, 2]))
     assert len(sig["records"]) == 12 and sig["baseline_arm"] == "ce_only"
@@ -217,6 +217,37 @@ def test_each_arms_gain_is_the_paired_mean_over_questions_with_its_t_interval(mo
                     r"trains in 2\.0 CPU min vs 2\.0 for CE-only\.", line), line
 
 
+def test_a_grid_still_running_is_reported_as_far_as_it_got_and_says_what_is_missing(monkeypatch, tmp_path):
+    """While a grid runs its page shows the trainings scored so far and says which are missing (the pipeline's
+    report stage waits for every one); the analysis of a whole grid refuses a missing score file."""
+    from distill.report import capacity_report
+
+    monkeypatch.setattr(signal_report, "train_minutes", lambda *a: None)
+    p = signal_params(capacity_keep=[2], capacity_seeds=[0, 1, 2])
+    monkeypatch.setattr(capacity_report, "score_file", lambda base, model, keep=None, seed=None: tmp_path / (
+        "teacher.json" if model == "teacher" else f"{keep}-{model}-{seed}.json"))
+    have = [s for s in signal_scores() if s["variant"] in ("teacher", "ce_only", "seqkd") and s["seed"] != 2 or
+            s["variant"] == "teacher"]
+    for s in have:
+        (tmp_path / ("teacher.json" if s["variant"] == "teacher" else f"2-{s['variant']}-{s['seed']}.json")).write_text(
+            json.dumps(s))
+    with pytest.raises(FileNotFoundError, match="capacity score file"):
+        signal_report.collect(p)
+    sig = signal_report.collect(p, partial=True)
+    assert {(r["arm"], r["seed"]) for r in sig["records"]} == {(a, s) for a in ("ce_only", "seqkd") for s in (0, 1)}
+    assert len(sig["missing"]) == 12 - 4 and "2 layers seqkd seed 2" in sig["missing"]
+    result = signal_report.analyse(sig)
+    lines = signal_report.headline(result)
+    assert lines[0] == ("The grid is not complete: 4 of 12 trainings measured, so each size compares the arms measured "
+                        "there (not yet: 2 layers: ce_only, kd_answer, seqkd, kd_teacher).")
+    assert {r["arm"]: r["seeds"] for r in result["arms"]} == {"ce_only": 2, "seqkd": 2}
+    # before any CE-only seed is scored there is nothing to pair with, and the page says so
+    early = {**sig, "records": [r for r in sig["records"] if r["arm"] == "seqkd"]}
+    assert signal_report.headline(signal_report.analyse(early))[-1] == \
+        "2 layers (60% of the teacher's parameters): no arm is paired with a ce_only seed yet."
+    assert signal_report.headline(signal_report.analyse({**sig, "records": []}))[-1] == "No student is scored yet."
+
+
 def test_the_committed_predictions_rescore_to_the_records_by_the_official_script(monkeypatch, tmp_path, squad_dir):
     """Every record's F1 is re-derived from its official-format predictions file and the dev set."""
     dev = data.load_squad("validation", str(squad_dir), 0)[:6]
@@ -226,7 +257,7 @@ def test_the_committed_predictions_rescore_to_the_records_by_the_official_script
     s = score("teacher", 4, 0, per_q, 10.0)
     s.update(question_ids=[r["id"] for r in dev], predictions=dict(zip([r["id"] for r in dev], preds)), wall_s=1.0)
     student = {**s, "variant": "ce_only", "layers": 2, "params_m": 6.0}
-    monkeypatch.setattr(signal_report, "load_scores", lambda base: [s, student])
+    monkeypatch.setattr(signal_report, "load_scores", lambda base, partial=False: [s, student])
     monkeypatch.setattr(signal_report, "train_minutes", lambda *a: None)
     monkeypatch.setattr(paths, "REPORTS_DIR", tmp_path)
     base = signal_params(capacity_keep=[2], capacity_seeds=[0])
@@ -249,20 +280,23 @@ def test_a_signal_grid_runs_end_to_end_and_its_page_opens_with_the_answer(tmp_pa
     from conftest import make_project_copy, run_in_project
 
     project = make_project_copy(tmp_path / "project")
+    # kd_nf4: kd_teacher's twin taught by the same teacher held in NF4 (its own answers and cache)
     arms = "{ce_only: {variant: ce_baseline}, seqkd: {gamma_kl: 0.0, teacher_answered_size: 6}, " \
-           "kd_teacher: {teacher_answered_size: 6}}"
+           "kd_teacher: {teacher_answered_size: 6}, kd_nf4: {teacher_answered_size: 6, teacher_load_in_4bit: true}}"
     res = run_in_project(project, "run", "params/smoke.yaml", "--set", "run_name=signal", "--set", "student=prune",
                          "--set", "prune_keep=3", "--set", "teacher_finetune=false", "--set", "recovery_size=0",
                          "--set", "recovery_steps=0", "--set", "capacity_keep=[2]", "--set", "capacity_seeds=[0]",
                          "--set", "capacity_questions=6", "--set", "latency_prompts=1", "--set", "teacher_cache=sampled",
                          "--set", "teacher_cache_k=4", "--set", "beta_mse=0", "--set", "distill_positions=answer",
-                         "--set", "max_new_tokens=4", "--set", f"capacity_arms={arms}", "--only", "capacity-report")
+                         "--set", "max_new_tokens=4", "--set", f"capacity_arms={arms}", "--set", "teacher_load_in_4bit=false",
+                         "--set", "fidelity_precisions=[nf4-float32]", "--only", "capacity-report,fourbit-report")
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    assert re.search(r"answers-L128-N4: 6 teacher-answered questions, 6 asked now", res.stdout), res.stdout[-3000:]
+    for store in ("answers-L128-N4", "answers-L128-N4-nf4-float32"):  # each teacher answers for its own arms
+        assert re.search(rf"{store}: 6 teacher-answered questions, 6 asked now", res.stdout), res.stdout[-3000:]
     report = project / "reports" / "signal"
     out = json.loads((report / "signal.json").read_text())
     assert {(r["layers"], r["arm"], r["seed"]) for r in out["records"]} == {(2, a, 0) for a in
-                                                                           ("ce_only", "seqkd", "kd_teacher")}
+                                                                           ("ce_only", "seqkd", "kd_teacher", "kd_nf4")}
     for rec in [out["teacher"], *out["records"]]:
         assert len(rec["f1_per_question"]) == 6 and (report / rec["predictions_file"]).exists()
     # the two teacher-answered arms read the same stored answers; the CE-only arm reads none
@@ -274,3 +308,16 @@ def test_a_signal_grid_runs_end_to_end_and_its_page_opens_with_the_answer(tmp_pa
     body = re.sub(r"<[^>]+>", " ", page[page.index("<body"):])
     assert body.index("Which of the teacher") < body.index(out["headline"][0][:40]) < body.index("How it was")
     assert len(re.findall(r'<img[^>]+src="data:image/png;base64,', page)) == 1
+    # the 4-bit teacher: measured against float32, and the students it taught paired with kd_teacher's
+    fourbit = json.loads((report / "fourbit.json").read_text())
+    assert [(r["teacher"], r["temperature"]) for r in fourbit["fidelity"]] == [
+        ("float32", 1.0), ("float32", 2.0), ("nf4-float32", 1.0), ("nf4-float32", 2.0)]
+    assert fourbit["fidelity"][2]["kl_mean"] > 0 and fourbit["fidelity"][0]["kl_mean"] == 0
+    assert {(s["arm"], s["teacher"]) for s in fourbit["students"]} == {
+        ("ce_only", "none"), ("seqkd", "float32"), ("kd_teacher", "float32"), ("kd_nf4", "nf4-float32")}
+    [diff] = fourbit["student_differences"]
+    assert (diff["arm"], diff["reference_arm"], diff["seeds"]) == ("kd_nf4", "kd_teacher", 1)
+    page = (report / "06_fourbit.html").read_text()
+    assert "Traceback" not in page
+    body = re.sub(r"<[^>]+>", " ", page[page.index("<body"):])
+    assert body.index("4-bit teacher cost") < body.index(fourbit["headline"][0][:30]) < body.index("How it was")

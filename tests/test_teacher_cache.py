@@ -1,5 +1,6 @@
 """The teacher cache: filled once per example, reused, checked, and equal to the live teacher's sparse targets."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -7,8 +8,8 @@ import torch
 from distill.core import params
 from distill.kd import losses
 from distill.kd.trainer import DistillationTrainer
-from distill.parts import data, models, teacher_cache
-from distill.study import training
+from distill.parts import data, models, teacher_answers, teacher_cache
+from distill.study import cache, layout, steps, training
 
 
 @pytest.fixture(scope="module")
@@ -146,3 +147,52 @@ def test_an_answer_only_cache_stores_the_answer_rows_and_places_them_back(setup,
     assert torch.allclose(sparse["teacher_logprobs"][rows], full["teacher_logprobs"][rows], atol=2e-3)
     with pytest.raises(ValueError, match="positions"):
         teacher_cache.cache_config(str(paths_[0]), tok, 96, 2.0, "topk", 8, positions="prompt")
+
+
+# --------------------------------------------------------------------------------------------
+# the teacher's precision: a 4-bit teacher's targets are not a float32 teacher's
+# --------------------------------------------------------------------------------------------
+def test_a_float32_teachers_store_keeps_its_name_and_config_and_a_4bit_teachers_is_marked(setup):
+    paths_, tok, _, _ = setup
+    p = params.load("smoke", overrides=["teacher_load_in_4bit=false", "distill_positions=answer"])
+    assert p.teacher_precision == "float32"
+    assert teacher_cache.config_name(p) == f"{p.teacher_cache}-k{p.teacher_cache_k}-T{p.temperature:g}-L{p.max_length}-answer"
+    assert set(config(paths_, tok)) == {"teacher", "tokenizer", "vocab", "chat_template", "max_length", "temperature",
+                                        "format", "k", "positions"}  # the keys (so the hashes) of the stores before
+    nf4 = p.replace(teacher_load_in_4bit=True)
+    dq = nf4.replace(bnb_double_quant=True, bnb_compute_dtype="bfloat16")
+    assert teacher_cache.config_name(nf4) == teacher_cache.config_name(p) + "-nf4-float32"
+    assert teacher_cache.config_name(dq) == teacher_cache.config_name(p) + "-nf4dq-bfloat16"
+    assert teacher_answers.store_dir(Path("r"), dq).name == f"answers-L{p.max_length}-N{p.max_new_tokens}-nf4dq-bfloat16"
+    marked = teacher_cache.cache_config(str(paths_[0]), tok, 96, 2.0, "topk", 8, precision=nf4.teacher_precision)
+    assert marked == {**config(paths_, tok), "teacher_precision": "nf4-float32"}
+    plain = teacher_answers.answers_config(str(paths_[0]), tok, 96, 4, 0)
+    assert "teacher_precision" not in plain
+    assert teacher_answers.answers_config(str(paths_[0]), tok, 96, 4, 0, "nf4-float32") == {
+        **plain, "teacher_precision": "nf4-float32"}
+
+
+def test_the_cache_stage_fills_each_teachers_store_with_that_teacher(monkeypatch, tmp_path):
+    """Two training runs, one taught by the float32 teacher and one by the same weights in NF4: the stage loads each
+    teacher once and each store holds its own teacher's targets (a store named for float32 never gets NF4 ones)."""
+    import yaml
+
+    base = params.load("smoke", overrides=[
+        f"output_dir={tmp_path}", "teacher_finetune=false", "teacher_load_in_4bit=false", "torch_threads=1",
+        "teacher_cache=topk", "teacher_cache_k=4", "beta_mse=0", "train_size=6", "distill_positions=all"])
+    runs = [base.replace(run_name="fp32"), base.replace(run_name="nf4", teacher_load_in_4bit=True)]
+    monkeypatch.setattr(cache, "training_runs", lambda p: runs)
+    loaded = []
+    real_load = steps.load_teacher
+    monkeypatch.setattr(steps, "load_teacher", lambda p, device: loaded.append(p.teacher_precision) or real_load(p, device))
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(base.to_dict()))
+    assert cache.fill_teacher_cache(base, params_file) == 0
+    assert sorted(loaded) == ["float32", "nf4-float32"]
+    got = {r.run_name: teacher_cache.CachedTargets(teacher_cache.view_file(layout.base_run_dir(r), r)) for r in runs}
+    assert got["fp32"].config.get("teacher_precision") is None and got["nf4"].config["teacher_precision"] == "nf4-float32"
+    assert got["fp32"].view_path.parent.parent != got["nf4"].view_path.parent.parent
+    keys = sorted(got["fp32"].entries)
+    assert keys == sorted(got["nf4"].entries) and keys
+    differs = [not torch.equal(got["fp32"].lookup_key(k)["logprobs"], got["nf4"].lookup_key(k)["logprobs"]) for k in keys]
+    assert any(differs)  # NF4 moves the teacher's log-probabilities

@@ -57,6 +57,8 @@ class StudyParams:
     teacher_load_in_4bit: bool = _f(False, "load the teacher NF4 4-bit with bitsandbytes")
     bnb_compute_dtype: Literal["float32", "bfloat16", "float16"] = _f(
         "float32", "compute dtype of the 4-bit teacher's matmuls")
+    bnb_double_quant: bool = _f(False, "4-bit teacher: quantise its quantisation constants too "
+                                "(bnb_4bit_use_double_quant; about 0.4 bits per weight less)")
 
     # --- teacher preparation (notebook 00) -----------------------------------------------
     teacher_finetune: bool = _f(False, "fine-tune the teacher on SQuAD before distilling")
@@ -161,6 +163,10 @@ class StudyParams:
     capacity_questions: int = _f(300, "capacity grid: validation questions every model is scored on", min=1)
     latency_prompts: int = _f(24, "questions answered one at a time (batch 1) to time each model's per-request "
                                   "latency: the first N of the scored ones (speed stages: at most bench_size)", min=1)
+    fidelity_precisions: list[str] = _f([], "capacity grid: teacher precisions measured against the float32 teacher "
+                                            "on the scored questions (KL, top-1 agreement, sampled-cache distance, "
+                                            "EM/F1, load time, memory, latency), e.g. [nf4-float32, nf4dq-float32]: "
+                                            "nf4 or nf4dq (double quantisation), then the compute dtype")
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -202,11 +208,27 @@ class StudyParams:
             if self.latency_prompts > self.capacity_questions:
                 raise ParamsError(f"latency_prompts: {self.latency_prompts} exceeds capacity_questions "
                                   f"({self.capacity_questions}); the timed prompts are a subset of the scored ones")
+        if self.fidelity_precisions:
+            self._check_fidelity()
         if self.teacher_placement == "sharded" and self.teacher_load_in_4bit:
             raise ParamsError("teacher_placement: sharded needs an unquantised teacher (FSDP cannot shard 4-bit "
                               "weights); set teacher_load_in_4bit: false or teacher_placement: replicated")
         if self.recovery_steps and not self.recovery_size:
             raise ParamsError(f"recovery_steps: {self.recovery_steps} needs recovery_size >= 1 (contexts to train on)")
+
+    def _check_fidelity(self) -> None:
+        """4-bit teachers are measured on a capacity grid's questions against its float32 teacher."""
+        for name in self.fidelity_precisions:
+            precision_settings(name)
+        if len(set(self.fidelity_precisions)) != len(self.fidelity_precisions):
+            raise ParamsError(f"fidelity_precisions: {self.fidelity_precisions} names a precision twice; list each once")
+        if not self.capacity_keep:
+            raise ParamsError("fidelity_precisions measures teachers on a capacity grid's questions; set capacity_keep "
+                              "(e.g. [22]) or leave fidelity_precisions empty")
+        if self.teacher_load_in_4bit or self.model_dtype != "float32":
+            raise ParamsError("fidelity_precisions measures 4-bit teachers against the run's float32 teacher; set "
+                              "teacher_load_in_4bit: false and model_dtype: float32 (an arm may set "
+                              "teacher_load_in_4bit: true)")
 
     def _check_arms(self) -> None:
         """Each arm's settings must make valid params of their own; exactly one arm is the CE-only baseline. (Checked
@@ -219,7 +241,7 @@ class StudyParams:
                               "one arm is the CE-only baseline the others are compared with, e.g. "
                               "ce_only: {variant: ce_baseline}")
         grid = {"capacity_keep", "capacity_arms", "capacity_seeds", "capacity_questions", "run_name", "output_dir",
-                "seed", "student"}
+                "seed", "student", "fidelity_precisions"}
         for arm, settings in self.capacity_arms.items():
             try:
                 paths.check_name("capacity_arms", arm)
@@ -229,7 +251,8 @@ class StudyParams:
             if bad:
                 raise ParamsError(f"capacity_arms.{arm}: sets {bad}, which the grid sets per cell; an arm changes how "
                                   "a student trains (e.g. gamma_kl, teacher_answered_size, lmbda)")
-            base = {k: v for k, v in self.to_dict().items() if k not in ("capacity_keep", "capacity_arms")}
+            base = {k: v for k, v in self.to_dict().items()
+                    if k not in ("capacity_keep", "capacity_arms", "fidelity_precisions")}
             base["variant"] = "distilled"  # an arm is distilled unless it says otherwise (study.capacity.arm_params)
             if settings.get("variant") == "ce_baseline":
                 base.update(gamma_kl=0.0, beta_mse=0.0, lmbda=0.0, teacher_answered_size=0)
@@ -250,6 +273,14 @@ class StudyParams:
     @property
     def deploy_path(self) -> Path:
         return paths.resolve(self.deploy_dir) if self.deploy_dir else self.run_dir / "deploy"
+
+    @property
+    def teacher_precision(self) -> str:
+        """How the teacher's weights are held: the model dtype, or `nf4[dq]-<compute dtype>` for a 4-bit teacher
+        (what its cached targets and answers depend on besides its weights); `precision_settings` reads it back."""
+        if not self.teacher_load_in_4bit:
+            return self.model_dtype
+        return f"nf4{'dq' if self.bnb_double_quant else ''}-{self.bnb_compute_dtype}"
 
     @property
     def uses_teacher(self) -> bool:
@@ -474,6 +505,20 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
             raise ParamsError(f"--set {item}: expected KEY=VALUE, e.g. --set seed=1")
         out[key.strip()] = _read_yaml(raw, f"--set {item}") if raw.strip() else ""
     return out
+
+
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+PRECISION_KEYS = ("teacher_load_in_4bit", "bnb_compute_dtype", "bnb_double_quant")  # how the teacher's weights are held
+
+
+def precision_settings(name: str) -> dict[str, Any]:
+    """The params keys of a 4-bit teacher precision named as `StudyParams.teacher_precision` names it, e.g.
+    "nf4dq-bfloat16" -> teacher_load_in_4bit, bnb_double_quant, bnb_compute_dtype."""
+    kind, _, dtype = name.partition("-")
+    if kind not in ("nf4", "nf4dq") or dtype not in COMPUTE_DTYPES:
+        raise ParamsError(f"fidelity_precisions: got {name!r}; name a 4-bit teacher as nf4-<dtype> or nf4dq-<dtype> "
+                          f"(double quantisation), <dtype> one of {', '.join(COMPUTE_DTYPES)}, e.g. nf4-float32")
+    return {"teacher_load_in_4bit": True, "bnb_double_quant": kind == "nf4dq", "bnb_compute_dtype": dtype}
 
 
 def from_notebook(namespace: dict[str, Any]) -> StudyParams:

@@ -149,8 +149,8 @@ def run_model_benchmark(spec: dict[str, Any]) -> dict[str, Any]:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     tokenizer = load_tokenizer(spec["source"])
-    model = load_model(spec["source"], dtype=spec.get("dtype", "float32"), load_in_4bit=spec.get("load_in_4bit", False),
-                       bnb_compute_dtype=spec.get("bnb_compute_dtype", "float32"), device=device)
+    quant = spec.get("quantization", {})  # load_model's quantisation keywords
+    model = load_model(spec["source"], dtype=spec.get("dtype", "float32"), **quant, device=device)
     rows = json.loads(Path(spec["rows_file"]).read_text())
     if spec.get("score", True):
         result = evaluate(model, tokenizer, rows, max_length=spec["max_length"], max_new_tokens=spec["max_new_tokens"],
@@ -166,7 +166,7 @@ def run_model_benchmark(spec: dict[str, Any]) -> dict[str, Any]:
                                           seed=spec["seed"], device=device))
     result["params_m"] = count_params(model) / 1e6
     result["memory_footprint_mb"] = model.get_memory_footprint() / 1e6
-    if spec.get("load_in_4bit"):
+    if quant.get("load_in_4bit"):
         result["disk_mb"], result["disk_kind"] = quantized_disk_mb(model), "4-bit quantised footprint"
     else:
         result["disk_mb"], result["disk_kind"] = folder_size_mb(Path(spec["source"])), "safetensors folder"

@@ -71,8 +71,9 @@ def load_tokenizer(source: str):
 
 
 def load_model(source: str, *, dtype: str = "float32", load_in_4bit: bool = False,
-               bnb_compute_dtype: str = "float32", device: torch.device | str = "cpu"):
-    """A causal LM from a resolved source, optionally NF4 4-bit (bitsandbytes, works on CPU too)."""
+               bnb_compute_dtype: str = "float32", bnb_double_quant: bool = False, device: torch.device | str = "cpu"):
+    """A causal LM from a resolved source, optionally NF4 4-bit (bitsandbytes, works on CPU too), with its
+    quantisation constants quantised too when `bnb_double_quant`."""
     from transformers import (  # heavy (the model stack): loaded where a model is
         AutoModelForCausalLM,
         BitsAndBytesConfig,
@@ -81,7 +82,8 @@ def load_model(source: str, *, dtype: str = "float32", load_in_4bit: bool = Fals
     kwargs: dict[str, Any] = {"dtype": DTYPES[dtype]}
     if load_in_4bit:
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=DTYPES[bnb_compute_dtype])
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=DTYPES[bnb_compute_dtype],
+            bnb_4bit_use_double_quant=bnb_double_quant)
         kwargs["device_map"] = str(device)
     model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     if not load_in_4bit:

@@ -20,7 +20,14 @@ from typing import Any
 
 from distill.core import paths
 from distill.parts import benchmark, data, metrics
-from distill.parts.teacher_cache import folder_digest, template_digest, tokenizer_digest
+from distill.parts.teacher_cache import (
+    UNMARKED_PRECISION,
+    folder_digest,
+    precision_entry,
+    precision_suffix,
+    template_digest,
+    tokenizer_digest,
+)
 
 
 class AnswersMissing(FileNotFoundError):
@@ -28,18 +35,19 @@ class AnswersMissing(FileNotFoundError):
 
 
 def store_dir(base_run_dir: Path, p) -> Path:
-    return Path(base_run_dir) / "teacher_cache" / f"answers-L{p.max_length}-N{p.max_new_tokens}"
+    return Path(base_run_dir) / "teacher_cache" / f"answers-L{p.max_length}-N{p.max_new_tokens}{precision_suffix(p)}"
 
 
 def view_file(base_run_dir: Path, p) -> Path:
     return store_dir(base_run_dir, p) / "views" / f"{p.run_name}.json"
 
 
-def answers_config(teacher_source: str, tokenizer, max_length: int, max_new_tokens: int, seed: int) -> dict[str, Any]:
-    """What the answers depend on: the teacher's content and prompt, the window budget and its seed."""
+def answers_config(teacher_source: str, tokenizer, max_length: int, max_new_tokens: int, seed: int,
+                   precision: str = UNMARKED_PRECISION) -> dict[str, Any]:
+    """What the answers depend on: the teacher's content, precision and prompt, the window budget and its seed."""
     return {"teacher": folder_digest(teacher_source), "tokenizer": tokenizer_digest(tokenizer),
             "chat_template": template_digest(tokenizer),
-            "max_length": max_length, "max_new_tokens": max_new_tokens, "seed": seed}
+            "max_length": max_length, "max_new_tokens": max_new_tokens, "seed": seed, **precision_entry(precision)}
 
 
 def _read(store: Path, config: dict[str, Any], log) -> dict[str, Any]:

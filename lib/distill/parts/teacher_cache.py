@@ -73,24 +73,37 @@ def template_digest(tokenizer) -> str:
 
 
 POSITIONS = ("all", "answer")
+UNMARKED_PRECISION = "float32"  # the teacher precision a store's name and config leave unsaid
 
 
 def cache_config(teacher_source: str, tokenizer, max_length: int, temperature: float, fmt: str, k: int,
-                 positions: str = "all") -> dict:
+                 positions: str = "all", precision: str = UNMARKED_PRECISION) -> dict:
     """What the stored targets depend on. `positions` is the run's distill_positions: "answer" stores only the
-    rows that predict answer tokens (what an answer-only divergence reads), about a twentieth of "all"."""
+    rows that predict answer tokens (what an answer-only divergence reads), about a twentieth of "all".
+    `precision` is how the teacher's weights are held (StudyParams.teacher_precision)."""
     if positions not in POSITIONS:
         raise ValueError(f"positions: got {positions!r}; expected one of {POSITIONS}")
     return {"teacher": folder_digest(teacher_source), "tokenizer": tokenizer_digest(tokenizer), "vocab": len(tokenizer),
             "chat_template": template_digest(tokenizer),
             "max_length": max_length, "temperature": float(temperature), "format": fmt, "k": int(k),
-            "positions": positions}
+            "positions": positions, **precision_entry(precision)}
+
+
+def precision_entry(precision: str) -> dict[str, str]:
+    """The teacher's precision as a stored config records it: absent for a float32 teacher (the stores made before
+    the precision was recorded were all float32, and keep their names and configs)."""
+    return {} if precision == UNMARKED_PRECISION else {"teacher_precision": precision}
+
+
+def precision_suffix(p) -> str:
+    """The store folder's mark of a teacher not held in float32, e.g. `-nf4-float32`."""
+    return "".join(f"-{v}" for v in precision_entry(p.teacher_precision).values())
 
 
 def config_name(p) -> str:
     """The store folder of a run's cache settings (what a stage depends on before the teacher is hashed)."""
     rows = "" if p.distill_positions == "all" else f"-{p.distill_positions}"
-    return f"{p.teacher_cache}-k{p.teacher_cache_k}-T{p.temperature:g}-L{p.max_length}{rows}"
+    return f"{p.teacher_cache}-k{p.teacher_cache_k}-T{p.temperature:g}-L{p.max_length}{rows}{precision_suffix(p)}"
 
 
 def stored_rows(feature: dict[str, Any], positions: str) -> tuple[int, int]:

@@ -28,7 +28,7 @@ from typing import Any, Iterator
 import yaml
 
 from distill.core import paths, procs
-from distill.core.params import ParamsError, StudyParams, from_mapping
+from distill.core.params import PRECISION_KEYS, ParamsError, StudyParams, from_mapping
 from distill.parts import data, teacher_answers, teacher_cache
 from distill.report import signal_report, sweeps
 from distill.report.results import METRICS
@@ -79,8 +79,8 @@ def notebook_code(notebook: str) -> list[str]:
 RUNTIME = ["seed", "device", "torch_threads", "model_dtype", "squad_dir", "data_pool_rows"]
 SUBSETS = ["train_size", "eval_size", "teacher_finetune", "teacher_finetune_train_size", "recovery_size",
            "bench_size", "max_length"]  # steps.load_data draws every subset from one seeded shuffle
-TEACHER = ["teacher", "teacher_load_in_4bit", "bnb_compute_dtype", "teacher_finetune_use_lora",
-           "teacher_finetune_steps", "teacher_finetune_lr"]
+PRECISION = list(PRECISION_KEYS)
+TEACHER = ["teacher", *PRECISION, "teacher_finetune_use_lora", "teacher_finetune_steps", "teacher_finetune_lr"]
 STUDENT = ["student", "prune_layers", "prune_keep", "prune_method"]
 TRAINER = ["batch_size", "grad_accum_steps", "warmup_ratio", "weight_decay", "logging_steps",
            "gradient_checkpointing", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules"]
@@ -141,7 +141,7 @@ def stages(p: StudyParams) -> list[Stage]:
         reg = sweep_registry_file(p)
         out.append(Stage(
             "teacher-cache", ["teacher-cache"],
-            RUNTIME + SUBSETS + ["teacher", "teacher_load_in_4bit", "bnb_compute_dtype", "teacher_cache",
+            RUNTIME + SUBSETS + ["teacher", *PRECISION, "teacher_cache",
                                  "teacher_cache_k", "temperature", "distill_positions", "gamma_kl", "recovery_steps",
                                  "batch_size", *PROCESSES,
                                  *(["teacher_answered_size", "teacher_seed", "max_new_tokens", "bench_batch_size"]
@@ -161,7 +161,7 @@ def stages(p: StudyParams) -> list[Stage]:
     if p.qualitative_examples:
         merge_reports.append("answers_side_by_side.csv")
     out.append(Stage(
-        "merge", ["merge"], RUNTIME + SUBSETS + STUDENT + ["teacher", "teacher_load_in_4bit", "bnb_compute_dtype",
+        "merge", ["merge"], RUNTIME + SUBSETS + STUDENT + ["teacher", *PRECISION,
                                                            "deploy_dir", "qualitative_examples", *GENERATION],
         deps=[*notebook_code("02_merge"), *made, *[rel(variant_dir(p, v)) for v in reversed(VARIANTS)]],
         # persist: DVC must not delete a deployment before the merge: it is replaced only by a checked new one
@@ -170,7 +170,7 @@ def stages(p: StudyParams) -> list[Stage]:
 
     for model in MODELS:
         source = model_dir(p, model)
-        keys = SCORING + (["teacher", "teacher_load_in_4bit", "bnb_compute_dtype"] if model == "teacher" else [])
+        keys = SCORING + (["teacher", *PRECISION] if model == "teacher" else [])
         keys += ["student"] if model == "student_before" else []
         model_deps = [rel(source, "deploy_dir")] if source is not None else []
         out.append(Stage(f"score-{model}", ["score", model], keys, deps=[*ENGINE, *model_deps],
@@ -205,13 +205,13 @@ def train_stage(vp: StudyParams, name: str, args: list[str]) -> Stage:
     variant = vp.variant
     keys = RUNTIME + SUBSETS + STUDENT + TRAINER + STUDENT_TRAINING + PROCESSES + ["teacher"]
     if vp.uses_teacher:
-        keys += ["teacher_load_in_4bit", "bnb_compute_dtype", "teacher_placement"] + TEACHER_TERMS
+        keys += [*PRECISION, "teacher_placement"] + TEACHER_TERMS
     teacher_files = []
     if vp.uses_teacher_cache:
         keys += ["teacher_cache", "teacher_cache_k", "kd_sparse_tail"]
         teacher_files.append(rel(teacher_cache.view_file(base_run_dir(vp), vp)))
     if vp.teacher_answered_size:
-        keys += ["teacher_answered_size", "teacher_seed", "max_new_tokens", "teacher_load_in_4bit", "bnb_compute_dtype"]
+        keys += ["teacher_answered_size", "teacher_seed", "max_new_tokens", *PRECISION]
         teacher_files.append(rel(teacher_answers.view_file(base_run_dir(vp), vp)))
     report_name = TRAIN_REPORTS[variant]
     files = [f"token_lengths_{variant}.png", f"loss_components_{variant}.png",
@@ -240,7 +240,7 @@ def sweep_stages(base: StudyParams) -> list[Stage]:
         src = model_dir(base, model)
         f = sweep.score_file(base, "reference", None, model, q)
         score_files.append(rel(f))
-        keys = [k for k in SCORING if k != "bench_size"] + (["teacher", "teacher_load_in_4bit"] if model == "teacher"
+        keys = [k for k in SCORING if k != "bench_size"] + (["teacher", *PRECISION] if model == "teacher"
                                                             else ["student"])
         out.append(Stage(f"sweep-score-{model}", ["sweep-score", "reference", "-", model, str(q)], keys,
                          deps=[*ENGINE, *([rel(src)] if src else [])], outs=[rel(f)],
@@ -285,8 +285,19 @@ def capacity_stages(base: StudyParams) -> list[Stage]:
     keys = [k for k in SCORING if k != "bench_size"] + ["capacity_questions", "latency_prompts"]
     score_files = [rel(capacity.score_file(base, "teacher"))]
     out.append(Stage("capacity-score-teacher", ["capacity-score", "teacher"],
-                     keys + ["teacher", "teacher_load_in_4bit", "bnb_compute_dtype"],
+                     keys + ["teacher", *PRECISION],
                      deps=[*ENGINE, *teacher_dir], outs=score_files[:], title="Capacity grid: the teacher"))
+    fidelity_files = []
+    for precision in base.fidelity_precisions:  # the same teacher held in 4 bits: its scores, and its distance
+        f = rel(capacity.score_file(capacity.teacher_held(base, precision), "teacher"))
+        fidelity_files += [f, rel(capacity.fidelity_file(base, precision))]
+        out.append(Stage(f"capacity-score-teacher-{precision}", ["capacity-score", "teacher", precision],
+                         keys + ["teacher"], deps=[*ENGINE, *teacher_dir], outs=[f],
+                         title=f"Capacity grid: the teacher in {precision}"))
+        out.append(Stage(f"fidelity-{precision}", ["fidelity", precision],
+                         keys + ["teacher", "temperature", "teacher_cache_k", "batch_size"],
+                         deps=[*ENGINE, *teacher_dir], outs=[fidelity_files[-1]],
+                         title=f"Teacher fidelity: {precision} against float32"))
     arms = capacity.arms(base)
     for keep, seed in capacity.cells(base):
         student = rel(capacity.student_dir(base, keep))
@@ -321,6 +332,15 @@ def capacity_stages(base: StudyParams) -> list[Stage]:
                      deps=[*notebook_code(notebook), *score_files],
                      reports=[f"{rep}/{f}" for f in files] + [f"{rel(base.run_dir)}/executed/{notebook}.ipynb"],
                      notebook=notebook, report=notebook, title=title))
+    if base.fidelity_precisions:
+        files = ["fourbit.json", "fourbit_fidelity.png"]
+        out.append(Stage("fourbit-report", ["fourbit-report"],
+                         ["run_name", "teacher", "capacity_keep", "capacity_seeds", "capacity_questions",
+                          "capacity_arms", "fidelity_precisions", "temperature"],
+                         deps=[*notebook_code("06_fourbit"), *score_files, *fidelity_files],
+                         reports=[f"{rep}/{f}" for f in files] + [f"{rel(base.run_dir)}/executed/06_fourbit.ipynb"],
+                         notebook="06_fourbit", report="06_fourbit",
+                         title="What does a 4-bit teacher cost the student?"))
     return out
 
 

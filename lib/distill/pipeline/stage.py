@@ -85,11 +85,14 @@ def _run(params_path: str, kind: str, *args: str) -> int:
         sp = capacity.arm_params(p, int(keep), int(seed), variant)
         return run_notebook_stage(sp, _spec(p, f"capacity-keep{keep}-seed{seed}-{variant}"))
     if kind == "capacity-score":
-        if args[0] == "teacher":
-            scoring.score_capacity_model(p, "teacher")
+        if args[0] == "teacher":  # in float32, or in the 4-bit precision named after it
+            scoring.score_capacity_model(capacity.teacher_held(p, args[1]) if args[1:] else p, "teacher")
         else:
             variant, keep, seed = args
             scoring.score_capacity_model(p, variant, int(keep), int(seed))
+        return 0
+    if kind == "fidelity":
+        scoring.measure_fidelity(p, args[0])
         return 0
     if kind == "teacher-cache":
         return cache.fill_teacher_cache(p, params_path)

@@ -33,12 +33,15 @@ LATENCIES = ("latency_batch1_ms_median", "latency_batch1_ms_p90", "latency_batch
              "latency_batch1_fixed_ms_p90")
 
 
-def load_scores(base: StudyParams) -> list[dict[str, Any]]:
-    """Every score file of the grid (the teacher first), as the score stages wrote them."""
+def load_scores(base: StudyParams, partial: bool = False) -> list[dict[str, Any]]:
+    """Every score file of the grid (the teacher first), as the score stages wrote them. `partial`: only those
+    written so far (a grid still running; the teacher's is needed)."""
     if not base.capacity_keep:
         raise ValueError(f"run {base.run_name} has no capacity grid (capacity_keep is empty); run a profile that has "
                          "one: make capacity (params/capacity_cpu.yaml)")
     files = [score_file(base, "teacher")] + [score_file(base, v, k, s) for k, s in cells(base) for v in arms(base)]
+    if partial:
+        files = files[:1] + [f for f in files[1:] if f.exists()]
     missing = [str(f) for f in files if not f.exists()]
     if missing:
         raise FileNotFoundError(f"{len(missing)} capacity score file(s) missing, e.g. {missing[0]}; run "

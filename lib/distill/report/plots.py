@@ -11,6 +11,7 @@ from distill.report import stats
 from distill.report.results import DIGITS, versus_teacher
 
 COMPONENTS = ("total", "ce", "kd", "hidden")
+PALETTE = ("#4c72b0", "#dd8452", "#55a868", "#c44e52")
 
 
 def save(fig, folder: Path, name: str, show: bool = True) -> None:
@@ -291,6 +292,42 @@ def signal_gains(result: dict[str, Any], title: str):
         ax.set_title(f"{layers} layers ({100 * share:.0f}% of the parameters)", fontsize=9)
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].set_ylabel(f"F1 points minus {result['baseline_arm']}")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def fourbit_fidelity(fourbit: dict[str, Any], students: list[dict[str, Any]], title: str):
+    """Left: each 4-bit teacher's KL from the float32 teacher per answer token (bars: mean, ticks: 90th
+    percentile) at each temperature. Right: its students' F1 minus the float32 teacher's students', 95% interval
+    over questions, each seed as a dot."""
+    fid = [r for r in fourbit["fidelity"] if r["teacher"] != "float32"]
+    precisions = list(dict.fromkeys(r["teacher"] for r in fid))
+    temps = sorted({r["temperature"] for r in fid})
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9.5, 3.8))
+    width = 0.8 / max(len(temps), 1)
+    for j, t in enumerate(temps):
+        rows = [next(r for r in fid if r["teacher"] == p and r["temperature"] == t) for p in precisions]
+        xs = [i + (j - (len(temps) - 1) / 2) * width for i in range(len(precisions))]
+        left.bar(xs, [r["kl_mean"] for r in rows], width=width * 0.9, label=f"T {t:g}", color=PALETTE[j % len(PALETTE)])
+        left.scatter(xs, [r["kl_p90"] for r in rows], marker="_", s=200, color="#333333", zorder=3)
+    left.set_xticks(range(len(precisions)), precisions, fontsize=8)
+    left.set_ylabel("KL(float32 || 4-bit), nats per answer token")
+    left.set_title("The teacher's distribution (bars: mean; ticks: p90)", fontsize=9)
+    left.legend(fontsize=8)
+    left.grid(axis="y", alpha=0.3)
+    for i, s in enumerate(students):
+        color = "#8fbf8f" if s["f1_diff_ci95_low"] > 0 else "#e0a0a0" if s["f1_diff_ci95_high"] < 0 else "#c6d4ea"
+        right.bar(i, s["f1_diff"], color=color, width=0.6)
+        right.errorbar(i, s["f1_diff"], yerr=[[s["f1_diff"] - s["f1_diff_ci95_low"]],
+                                              [s["f1_diff_ci95_high"] - s["f1_diff"]]], fmt="none", ecolor="#333333",
+                       capsize=4)
+        right.scatter([i] * len(s["f1_diff_per_seed"]), s["f1_diff_per_seed"], color="#333333", s=12, zorder=3)
+    right.axhline(0, color="black", linewidth=0.8)
+    right.set_xticks(range(len(students)), [f"{s['teacher']}\n{s['layers']} layers" for s in students], fontsize=8)
+    right.set_ylabel("student F1 minus float32-taught")
+    right.set_title("What the student inherits", fontsize=9)
+    right.grid(axis="y", alpha=0.3)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig

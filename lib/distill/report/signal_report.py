@@ -41,9 +41,10 @@ def train_minutes(base: StudyParams, keep: int, seed: int, arm: str) -> float | 
     return json.loads(f.read_text()).get("wall_s", 0.0) / 60
 
 
-def collect(base: StudyParams) -> dict[str, Any]:
-    """signal.json's content: the teacher and one record per (size, arm, seed), each with its F1 per question."""
-    scores = load_scores(base)
+def collect(base: StudyParams, partial: bool = False) -> dict[str, Any]:
+    """signal.json's content: the teacher and one record per (size, arm, seed), each with its F1 per question.
+    `partial`: the trainings scored so far, the others listed as "missing" (a grid still running)."""
+    scores = load_scores(base, partial)
     teacher = scores[0]
     ids = same_questions(scores)
     per_q = lambda s: dict(zip(s["question_ids"], s["f1_per_question"]))  # noqa: E731
@@ -60,7 +61,14 @@ def collect(base: StudyParams) -> dict[str, Any]:
                         "exact_match": teacher["exact_match"], "answer_loss": teacher["answer_loss"],
                         "predictions_file": f"{PREDICTIONS_DIR}/teacher.json", "f1_per_question": per_q(teacher)},
             "baseline_arm": capacity.baseline_arm(base), "arms": capacity.arms(base), "question_ids": ids,
-            "records": records}
+            "records": records, "missing": missing_cells(base, records)}
+
+
+def missing_cells(base: StudyParams, records: list[dict[str, Any]]) -> list[str]:
+    """The grid's trainings without a record, as `<layers> layers <arm> seed <seed>`."""
+    have = {(r["layers"], r["arm"], r["seed"]) for r in records}
+    return [f"{k} layers {a} seed {s}" for k in sorted(base.capacity_keep, reverse=True) for a in capacity.arms(base)
+            for s in base.capacity_seeds if (k, a, s) not in have]
 
 
 def analyse(signal: dict[str, Any]) -> dict[str, Any]:
@@ -68,7 +76,8 @@ def analyse(signal: dict[str, Any]) -> dict[str, Any]:
     ids = signal["question_ids"]
     teacher_q = 100.0 * np.array([signal["teacher"]["f1_per_question"][q] for q in ids])
     base_arm = signal["baseline_arm"]
-    df = pd.DataFrame(signal["records"])
+    df = pd.DataFrame(signal["records"], columns=["layers", "arm", "seed", "params_m", "f1", "exact_match",
+                                                  "answer_loss", "train_minutes", "f1_per_question"])
     rows = []
     for layers in sorted(df["layers"].unique(), reverse=True):
         at = df[df["layers"] == layers]
@@ -97,18 +106,18 @@ def analyse(signal: dict[str, Any]) -> dict[str, Any]:
                    else None}
             paired = [s for s in seeds if s in base_seeds]
             if arm != base_arm and paired:
-                d = m[[seeds.index(s) for s in paired]] - base_m[[base_seeds.index(s) for s in paired]]
-                dq, ds = d.mean(axis=0), d.mean(axis=1)
-                g_low, g_high = stats.ci95(list(dq))
+                g = stats.paired_gain(m[[seeds.index(s) for s in paired]],
+                                      base_m[[base_seeds.index(s) for s in paired]])
                 b_loss = at[at["arm"] == base_arm].set_index("seed")["answer_loss"]
                 a_loss = recs.set_index("seed")["answer_loss"]
                 loss_d = [float(a_loss[s] - b_loss[s]) for s in paired]
-                row.update(gain_f1=float(dq.mean()), gain_ci95_low=g_low, gain_ci95_high=g_high,
-                           gain_per_seed=[float(x) for x in ds], gain_seeds_won=f"{int((ds > 0).sum())}/{len(ds)}",
-                           gain_resolved=bool(g_low > 0 or g_high < 0), gain_answer_loss=statistics.fmean(loss_d))
+                row.update(gain_f1=g["gain"], gain_ci95_low=g["low"], gain_ci95_high=g["high"],
+                           gain_per_seed=g["per_seed"], gain_seeds_won=g["seeds_won"], gain_resolved=g["resolved"],
+                           gain_answer_loss=statistics.fmean(loss_d))
             rows.append(row)
     return {"teacher": {k: signal["teacher"][k] for k in ("layers", "params_m", "f1", "exact_match", "answer_loss")},
-            "baseline_arm": base_arm, "n_questions": len(ids), "arms": rows}
+            "baseline_arm": base_arm, "n_questions": len(ids), "arms": rows, "missing": signal.get("missing", []),
+            "trainings": len(signal["records"])}
 
 
 def headline(result: dict[str, Any]) -> list[str]:
@@ -117,11 +126,25 @@ def headline(result: dict[str, Any]) -> list[str]:
     df = pd.DataFrame(result["arms"])
     lines = [f"Teacher ({t['layers']} layers, {t['params_m']:.0f} M parameters): F1 {t['f1']:.1f} on "
              f"{result['n_questions']} SQuAD validation questions."]
+    if result.get("missing"):
+        by_size: dict[str, list[str]] = {}
+        for cell in result["missing"]:
+            layers, arm = cell.split(" seed ")[0].rsplit(" ", 1)
+            if arm not in by_size.setdefault(layers, []):
+                by_size[layers].append(arm)
+        pending = "; ".join(f"{k}: " + ", ".join(v) for k, v in by_size.items())
+        lines.insert(0, f"The grid is not complete: {result['trainings']} of {result['trainings'] + len(result['missing'])}"
+                        f" trainings measured, so each size compares the arms measured there (not yet: {pending}).")
+    if df.empty:
+        return lines + ["No student is scored yet."]
     for layers in sorted(df["layers"].unique(), reverse=True):
         at = df[df["layers"] == layers]
         best = at.sort_values("f1", ascending=False).iloc[0]
-        ce = at[at["arm"] == base].iloc[0]
         share = f"{100 * best['params_share']:.0f}% of the teacher's parameters"
+        if base not in set(at["arm"]) or (best["arm"] != base and pd.isna(best.get("gain_f1"))):
+            lines.append(f"{layers} layers ({share}): no arm is paired with a {base} seed yet.")
+            continue
+        ce = at[at["arm"] == base].iloc[0]
         if best["arm"] == base:
             lines.append(f"{layers} layers ({share}): no arm beats CE-only (F1 {ce['f1']:.1f}, keeps "
                          f"{100 * ce['kept_f1']:.0f}% of the teacher's F1).")
@@ -154,7 +177,7 @@ def table(result: dict[str, Any]) -> pd.DataFrame:
 def write(base: StudyParams, signal: dict[str, Any], result: dict[str, Any]) -> Path:
     """reports/<run>/signal.json, signal_table.csv and the official-format predictions of every model."""
     folder = base.report_dir
-    scores = load_scores(base)
+    scores = load_scores(base, partial=bool(signal.get("missing")))
     for s in scores:
         name = prediction_name(s["layers"], s["variant"], s["seed"])
         paths.write_text_atomic(folder / PREDICTIONS_DIR / name, json.dumps(s["predictions"], indent=0, sort_keys=True))

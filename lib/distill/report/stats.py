@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import math
 import statistics
+from typing import Any
+
+import numpy as np
 
 
 def mean_sd(values: list[float]) -> tuple[float, float]:
@@ -49,3 +52,13 @@ def ci95(values: list[float]) -> tuple[float, float]:
     mean, sd = mean_sd(values)
     half = t_quantile(0.975, len(values) - 1) * sd / math.sqrt(len(values))
     return mean - half, mean + half
+
+
+def paired_gain(a, b) -> dict[str, Any]:
+    """a minus b for [seeds, questions] scores of the same seeds (rows) and questions (columns): the mean over
+    questions of the seed-averaged difference with its 95% t interval over questions, and each seed's difference."""
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    dq, ds = d.mean(axis=0), d.mean(axis=1)
+    low, high = ci95([float(x) for x in dq])
+    return {"gain": float(dq.mean()), "low": low, "high": high, "per_seed": [float(x) for x in ds],
+            "seeds_won": f"{int((ds > 0).sum())}/{len(ds)}", "resolved": bool(low > 0 or high < 0)}

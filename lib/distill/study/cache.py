@@ -43,60 +43,78 @@ def answer_users(p: StudyParams) -> list[StudyParams]:
     return [r for r in training_runs(p) if r.teacher_answered_size]
 
 
-def answer_stores(p: StudyParams, teacher, tokenizer, device, rank: int) -> set[Path]:
-    """The teacher answers every teacher-answered question of every training run that has them (rank 0; the others
-    wait); returns the answer stores in use."""
+def teacher_key(p: StudyParams) -> tuple[str, str]:
+    """Which teacher a run's cached targets and answers come from: its weights' folder and how they are held."""
+    return steps.teacher_source(p), p.teacher_precision
+
+
+def answer_stores(p: StudyParams) -> dict[Path, dict[str, Any]]:
+    """{answer store: {"params": a run that uses it, "views": {run name: its teacher-answered rows}}}."""
     stores: dict[Path, dict[str, Any]] = {}
     for up in answer_users(p):
         store = teacher_answers.store_dir(layout.base_run_dir(up), up)
         entry = stores.setdefault(store, {"params": up, "views": {}})
         entry["views"][up.run_name] = steps.load_data(up).answered_rows
+    return stores
+
+
+def fill_answers(stores: dict[Path, dict[str, Any]], teacher, tokenizer, device, rank: int) -> None:
+    """The teacher answers every question of these stores none of them has yet (rank 0; the others wait)."""
     if rank == 0:
         for store, entry in stores.items():
             up = entry["params"]
             config = teacher_answers.answers_config(steps.teacher_source(up), tokenizer, up.max_length,
-                                                    up.max_new_tokens, up.seed if up.teacher_seed < 0 else up.teacher_seed)
+                                                    up.max_new_tokens, up.seed if up.teacher_seed < 0 else up.teacher_seed,
+                                                    up.teacher_precision)
             t0 = time.perf_counter()
             got = teacher_answers.fill(store, config, entry["views"], teacher, tokenizer, device, up.bench_batch_size)
             print(f"{store.name}: {got['questions']} teacher-answered questions, {got['asked']} asked now "
                   f"({got['empty']} left unanswered); {time.perf_counter() - t0:.1f} s", flush=True)
     group.barrier()
-    return set(stores)
 
 
 def fill_teacher_cache(p: StudyParams, params_path: str | Path) -> int:
     """Fill the run's teacher cache for every training run that reads it (the teacher runs once per new example).
 
-    With num_processes > 1 the stage launches itself on that many processes (accelerate), each running the
-    teacher on its share of the batches."""
+    Runs whose teachers differ (another source, or another precision such as NF4) get their own stores, each filled
+    by its own teacher, loaded once. With num_processes > 1 the stage launches itself on that many processes
+    (accelerate), each running the teacher on its share of the batches."""
     rank, world = group.world()
     if p.num_processes > 1 and world == 1:
         launch.launch(p, ["stage", str(params_path), "teacher-cache"], stream=sys.stdout)
         return 0
     procs.follow_launcher()
-    users = cache_users(p)
     models.setup_torch(p.seed, launch.threads_per_process(p) if world > 1 else p.torch_threads)
     device = launch.rank_device(p)
-    teacher, tokenizer = steps.load_teacher(p, device)
-    answered = answer_stores(p, teacher, tokenizer, device, rank)
+    answers = answer_stores(p)
     stores: dict[Path, dict[str, Any]] = {}
-    for up in users:
-        store = teacher_cache.store_dir(layout.base_run_dir(up), up)
-        entry = stores.setdefault(store, {"params": up, "views": {}})
-        entry["views"][up.run_name] = steps.training_features(up, tokenizer)
-    kept = set(stores) | answered
+    for up in cache_users(p):
+        stores.setdefault(teacher_cache.store_dir(layout.base_run_dir(up), up), {"params": up, "runs": []})["runs"].append(up)
     if rank == 0:
         for old in layout.run_dir_cache(p).glob("*/"):
-            if old not in kept:  # settings no run uses any more
+            if old not in set(stores) | set(answers):  # settings no run uses any more
                 shutil.rmtree(old)
-    for store, entry in stores.items():
-        up = entry["params"]
-        config = teacher_cache.cache_config(steps.teacher_source(up), tokenizer, up.max_length, up.temperature,
-                                            up.teacher_cache, up.teacher_cache_k, up.distill_positions)
-        t0 = time.perf_counter()
-        report = teacher_cache.fill(store, config, entry["views"], teacher, device, up.batch_size,
-                                    tokenizer.pad_token_id, part=(rank, world))
-        if report is not None:
-            print(f"{store.name}: {report.line()}; {time.perf_counter() - t0:.1f} s"
-                  f"{f' on {world} processes' if world > 1 else ''}", flush=True)
+    teachers = sorted({teacher_key(e["params"]) for e in [*answers.values(), *stores.values()]})
+    for key in teachers:
+        users = [e["params"] for e in [*answers.values(), *stores.values()] if teacher_key(e["params"]) == key]
+        teacher, tokenizer = steps.load_teacher(users[0], device)
+        if len(teachers) > 1:
+            print(f"teacher {Path(key[0]).name} ({key[1]})", flush=True)
+        # the answers first: a store's training features include the teacher-answered questions
+        fill_answers({s: e for s, e in answers.items() if teacher_key(e["params"]) == key}, teacher, tokenizer,
+                     device, rank)
+        for store, entry in stores.items():
+            up = entry["params"]
+            if teacher_key(up) != key:
+                continue
+            config = teacher_cache.cache_config(key[0], tokenizer, up.max_length, up.temperature, up.teacher_cache,
+                                                up.teacher_cache_k, up.distill_positions, up.teacher_precision)
+            views = {run.run_name: steps.training_features(run, tokenizer) for run in entry["runs"]}
+            t0 = time.perf_counter()
+            report = teacher_cache.fill(store, config, views, teacher, device, up.batch_size,
+                                        tokenizer.pad_token_id, part=(rank, world))
+            if report is not None:
+                print(f"{store.name}: {report.line()}; {time.perf_counter() - t0:.1f} s"
+                      f"{f' on {world} processes' if world > 1 else ''}", flush=True)
+        del teacher
     return 0

@@ -18,8 +18,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from distill.core.params import StudyParams
-from distill.parts import models, pruning
+from distill.core.params import StudyParams, precision_settings
+from distill.parts import models, pruning, teacher_cache
 from distill.study import layout, steps
 from distill.study.layout import project_relative
 
@@ -47,10 +47,21 @@ def seed_dir(base: StudyParams, keep: int, seed: int) -> Path:
 
 
 def score_file(base: StudyParams, model: str, keep: int | None = None, seed: int | None = None) -> Path:
+    """A grid model's scores; the teacher's names its precision unless it is float32 (e.g. `-nf4-float32`)."""
     q = base.capacity_questions
     if model == "teacher":
-        return capacity_dir(base) / "teacher" / f"scores_{q}q.json"
+        return capacity_dir(base) / "teacher" / f"scores_{q}q{teacher_cache.precision_suffix(base)}.json"
     return seed_dir(base, keep, seed) / "scores" / f"{model}_{q}q.json"
+
+
+def teacher_held(base: StudyParams, precision: str) -> StudyParams:
+    """The grid's params with its teacher held in a 4-bit `precision` (e.g. nf4-float32), to score or load it."""
+    return base.replace(fidelity_precisions=[], **precision_settings(precision))
+
+
+def fidelity_file(base: StudyParams, precision: str) -> Path:
+    """The teacher in `precision` measured against the float32 teacher (scoring.measure_fidelity)."""
+    return capacity_dir(base) / "teacher" / f"fidelity_{base.capacity_questions}q-{precision}.json"
 
 
 def seed_params(base: StudyParams, keep: int, seed: int) -> StudyParams:
@@ -58,7 +69,7 @@ def seed_params(base: StudyParams, keep: int, seed: int) -> StudyParams:
     run's tuned teacher and teacher cache."""
     rel = lambda path: project_relative(path, "output_dir")  # noqa: E731
     # the leading underscore keeps the cells' own training reports out of git (see .gitignore)
-    return base.replace(seed=seed, student=rel(student_dir(base, keep)), capacity_keep=[], capacity_arms={},
+    return base.replace(seed=seed, student=rel(student_dir(base, keep)), capacity_keep=[], capacity_arms={}, fidelity_precisions=[],
                         teacher_seed=base.seed if base.teacher_seed < 0 else base.teacher_seed, run_name=f"_{base.run_name}_keep{keep}_seed{seed}", output_dir=rel(seed_dir(base, keep, seed)),
                         deploy_dir="", base_run_dir=rel(base.run_dir))
 

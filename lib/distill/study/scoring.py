@@ -15,7 +15,7 @@ import torch
 
 from distill.core import paths
 from distill.core.params import StudyParams
-from distill.parts import benchmark, metrics, models
+from distill.parts import benchmark, data, fidelity, metrics, models
 from distill.study import capacity, layout, steps, sweep
 
 
@@ -47,16 +47,15 @@ def score_model(p: StudyParams, model: str) -> dict[str, Any]:
 
 def time_model(p: StudyParams, model: str) -> dict[str, Any]:
     """Size, latency, throughput and peak memory of one model, alone in this process."""
-    source, four_bit = steps.scored_source(p, model)
+    source, quant = steps.scored_source(p, model)
     rows_file = layout.speed_file(p, model).with_suffix(".rows.json")
     rows_file.parent.mkdir(parents=True, exist_ok=True)
     rows_file.write_text(json.dumps(steps.bench_rows(p, p.bench_size)))
     try:
         result = benchmark.run_model_benchmark(dict(
-            source=source, load_in_4bit=four_bit, rows_file=str(rows_file), seed=p.seed, device=p.device,
+            source=source, quantization=quant, rows_file=str(rows_file), seed=p.seed, device=p.device,
             threads=p.torch_threads, dtype=p.model_dtype, max_length=p.max_length, max_new_tokens=p.max_new_tokens,
-            batch_size=p.bench_batch_size, warmup_batches=p.bench_warmup, bnb_compute_dtype=p.bnb_compute_dtype,
-            latency_prompts=min(p.latency_prompts, p.bench_size), score=False))
+            batch_size=p.bench_batch_size, warmup_batches=p.bench_warmup, latency_prompts=min(p.latency_prompts, p.bench_size), score=False))
     finally:
         rows_file.unlink(missing_ok=True)
     result.update(model=model, device=str(models.resolve_device(p.device)))
@@ -92,12 +91,14 @@ def score_capacity_model(base: StudyParams, model: str, keep: int | None = None,
     models.setup_torch(base.seed, base.torch_threads)
     device = models.resolve_device(base.device)
     rows = steps.bench_rows(base, base.capacity_questions)  # the base run's questions, whatever the cell's seed
+    rss_before, t0 = benchmark.peak_rss_mb(), time.perf_counter()
     if model == "teacher":
         sp = base
         loaded, tokenizer = steps.load_teacher(base, device)
     else:
         sp = capacity.arm_params(base, keep, seed, model)
         loaded, tokenizer = sweep.load_student_or_reference(sp, sp.variant, device)
+    load_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     result = evaluate(sp, loaded, tokenizer, rows, base.seed, device)
     latency = benchmark.request_latency(loaded, tokenizer, rows[:base.latency_prompts], max_length=sp.max_length,
@@ -111,11 +112,40 @@ def score_capacity_model(base: StudyParams, model: str, keep: int | None = None,
            "question_ids": result["question_ids"], "f1_per_question": [r["f1"] for r in per_question],
            "em_per_question": [r["exact_match"] for r in per_question],
            "predictions": dict(zip(result["question_ids"], result["predictions"])),
-           "wall_s": time.perf_counter() - t0}
+           "wall_s": time.perf_counter() - t0, "load_s": load_s, "precision": sp.teacher_precision if model == "teacher"
+           else sp.model_dtype,
+           # this stage's process: loading, then answering every question
+           "peak_rss_mb": benchmark.peak_rss_mb(), "peak_rss_before_load_mb": rss_before}
     f = capacity.score_file(base, model, keep, seed)
     paths.write_text_atomic(f, json.dumps(out, indent=1))
     print(f"{model} {out['layers']} layers seed {out['seed']}: EM {out['exact_match']:.1f} F1 {out['f1']:.1f} "
           f"answer loss {out['answer_loss']:.3f}; batch-1 latency (median of {out['latency_batch1_prompts']}) "
           f"{out['latency_batch1_ms_median']:.0f} ms to the answer's end, {out['latency_batch1_fixed_ms_median']:.0f} "
           f"ms for {sp.max_new_tokens} tokens; {out['wall_s']:.0f} s", flush=True)
+    return out
+
+
+def measure_fidelity(base: StudyParams, precision: str) -> dict[str, Any]:
+    """The tuned teacher held in `precision` (e.g. nf4-float32) against the float32 teacher on the grid's scored
+    questions, teacher-forced on their gold answers (parts.fidelity.compare): KL per answer token at T 1 and at the
+    run's temperature, top-1 agreement, and the distance between the sampled caches each would store."""
+    models.setup_torch(base.seed, base.torch_threads)
+    device = models.resolve_device(base.device)
+    reference, tokenizer = steps.load_teacher(base.replace(teacher_load_in_4bit=False), device)
+    other, _ = steps.load_teacher(capacity.teacher_held(base, precision), device)
+    rows = steps.bench_rows(base, base.capacity_questions)
+    features = data.encode_examples(rows, tokenizer, base.max_length, base.seed).features
+    t0 = time.perf_counter()
+    got = fidelity.compare(reference, other, features, temperatures=sorted({1.0, float(base.temperature)}),
+                           cache_temperature=base.temperature, cache_k=base.teacher_cache_k,
+                           pad_id=tokenizer.pad_token_id, batch_size=base.batch_size, seed=base.seed, device=device,
+                           vocab=len(tokenizer))
+    out = {"precision": precision, "reference": "float32", "n_questions": len(rows), "cache_k": base.teacher_cache_k,
+           "cache_temperature": base.temperature, **got, "wall_s": time.perf_counter() - t0}
+    f = capacity.fidelity_file(base, precision)
+    paths.write_text_atomic(f, json.dumps(out, indent=1))
+    kl = "; ".join(f"T {t:g}: mean {v['mean']:.4f} p90 {v['p90']:.4f}" for t, v in got["kl"].items())
+    print(f"{precision} vs float32 on {got['rows']} answer tokens: KL {kl} nats; top-1 agreement "
+          f"{got['top1_agreement']:.3f}; sampled-cache distance {got['cache_distance']['mean']:.3f} (noise floor "
+          f"{got['cache_noise_floor']['mean']:.3f})", flush=True)
     return out

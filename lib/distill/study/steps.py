@@ -87,13 +87,20 @@ def teacher_source(p: StudyParams) -> str:
     return sources.resolve_source(p.teacher, p.squad_dir)
 
 
+def teacher_quantization(p: StudyParams) -> dict[str, Any]:
+    """models.load_model's quantisation keywords for the teacher as the profile holds it (p.teacher_precision)."""
+    return {"load_in_4bit": p.teacher_load_in_4bit, "bnb_compute_dtype": p.bnb_compute_dtype,
+            "bnb_double_quant": p.bnb_double_quant}
+
+
 def load_teacher(p: StudyParams, device: torch.device, quantize: bool | None = None):
-    """(model, tokenizer), frozen, 4-bit when the profile says so."""
+    """(model, tokenizer), frozen, 4-bit when the profile says so (or `quantize` overrides it)."""
     source = teacher_source(p)
     tokenizer = models.load_tokenizer(source)
-    model = models.load_model(source, dtype=p.model_dtype,
-                              load_in_4bit=p.teacher_load_in_4bit if quantize is None else quantize,
-                              bnb_compute_dtype=p.bnb_compute_dtype, device=device)
+    quant = teacher_quantization(p)
+    if quantize is not None:
+        quant["load_in_4bit"] = quantize
+    model = models.load_model(source, dtype=p.model_dtype, **quant, device=device)
     return models.freeze(model), tokenizer
 
 
@@ -116,26 +123,25 @@ def load_student(p: StudyParams, device: torch.device):
     return models.load_model(source, dtype=p.model_dtype, device=device), models.load_tokenizer(source)
 
 
-def scored_source(p: StudyParams, model: str) -> tuple[str, bool]:
-    """(source, 4-bit) of a scored model: the teacher and the untrained student as the study loads them, a trained
-    student from its merged, deployable folder."""
+def scored_source(p: StudyParams, model: str) -> tuple[str, dict[str, Any]]:
+    """(source, models.load_model's quantisation keywords) of a scored model: the teacher and the untrained student
+    as the study loads them, a trained student from its merged, deployable folder."""
     if model == "teacher":
-        return teacher_source(p), p.teacher_load_in_4bit
+        return teacher_source(p), teacher_quantization(p)
     if model == "student_before":
-        return student_source(p), False
+        return student_source(p), {}
     if model not in layout.VARIANTS:
         raise ValueError(f"{model}: not a scored model (teacher, student_before, {', '.join(layout.VARIANTS)})")
     folder = layout.merged_dir(p, model)
     if not (folder / "config.json").exists():
         raise FileNotFoundError(f"{folder}: no merged {model} student; run the merge stage first")
-    return str(folder), False
+    return str(folder), {}
 
 
 def load_scored_model(p: StudyParams, model: str, device: torch.device):
     """(model, tokenizer) of a scored model, as `scored_source` names it."""
-    source, four_bit = scored_source(p, model)
-    loaded = models.load_model(source, dtype=p.model_dtype, load_in_4bit=four_bit,
-                               bnb_compute_dtype=p.bnb_compute_dtype, device=device)
+    source, quant = scored_source(p, model)
+    loaded = models.load_model(source, dtype=p.model_dtype, **quant, device=device)
     return models.freeze(loaded), models.load_tokenizer(source)
 
 

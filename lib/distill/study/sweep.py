@@ -67,7 +67,7 @@ def seed_params(base: StudyParams, name: str, seed: int, overrides: dict[str, An
     """The params one seed of a setting trains with: the base run's, the setting, the seed; the base run's models."""
     check_setting(name, overrides)
     # the leading underscore keeps per-seed reports out of git (see .gitignore); the summary is committed
-    return base.replace(capacity_keep=[], capacity_arms={}, **overrides, seed=seed,
+    return base.replace(capacity_keep=[], capacity_arms={}, fidelity_precisions=[], **overrides, seed=seed,
                         teacher_seed=base.seed if base.teacher_seed < 0 else base.teacher_seed, run_name=f"_{base.run_name}_{name}_seed{seed}",
                         output_dir=project_relative(seed_run_dir(base, name, seed), "output_dir"), deploy_dir="",
                         base_run_dir=project_relative(base.run_dir, "output_dir"))
