@@ -20,7 +20,7 @@ p = layout.notebook_params(params.from_notebook(globals()))
 run = layout.pipeline_run(p)  # the run whose grid stages trained and scored the students
 signal = signal_report.collect(run, partial=True)  # a grid still running: the page opens saying what is missing
 result = signal_report.analyse(signal)
-signal_report.write(p, signal, result)
+signal_file = signal_report.write(p, signal, result)  # signal.json, the table and the predictions beside this page
 
 # %% tags=["summary"]
 fig = plots.signal_gains(result, f"{p.run_name}: F1 over CE-only per arm (bars: mean of {len(p.capacity_seeds)} seeds "

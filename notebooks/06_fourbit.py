@@ -23,7 +23,7 @@ p = layout.notebook_params(params.from_notebook(globals()))
 run = layout.pipeline_run(p)  # the run whose stages scored the teachers and trained the students
 fourbit = fourbit_report.collect(run)
 students = fourbit_report.analyse(fourbit)
-fourbit_report.write(p, fourbit, students)
+fourbit_file = fourbit_report.write(p, fourbit, students)  # fourbit.json beside this page
 
 # %% tags=["summary"]
 fig = plots.fourbit_fidelity(fourbit, students, f"{p.run_name}: the 4-bit teacher against float32, on "
