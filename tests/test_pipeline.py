@@ -195,7 +195,7 @@ def test_a_cached_teacher_adds_a_cache_stage_that_only_the_distilled_student_rea
     s = stage_map(p)
     names = list(s)
     assert names.index("teacher") < names.index("teacher-cache") < names.index("train-distilled")
-    view = "artifacts/smoke/teacher_cache/topk-k8-T2-L128/views/smoke.json"
+    view = "artifacts/smoke/teacher_cache/topk-k8-T2-L128-nf4-float32/views/smoke.json"  # the smoke teacher is NF4
     assert view in s["train-distilled"].deps and view not in s["train-ce_baseline"].deps
     assert {"teacher_cache", "teacher_cache_k", "kd_sparse_tail"} <= set(s["train-distilled"].params)
     assert {"temperature", "teacher_cache_k"} <= set(s["teacher-cache"].params)
