@@ -6,10 +6,11 @@ PY := $(VENV)/bin/python
 # The CPU build of PyTorch (2.13.0 lies on this machine's disk); GPU users: make setup TORCH_SPEC='torch==2.13.0' TORCH_INDEX='--index-url https://download.pytorch.org/whl/cu128'
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
-PROFILE ?= smollm2-135m_to_pruned24_cpu
+PROFILE ?= smollm2-135m_to_pruned20_cpu
 CAPACITY_PROFILE ?= capacity_cpu
 SIGNAL_PROFILE ?= signal_cpu
 FOURBIT_PROFILE ?= fourbit_cpu
+GEMMA_PROFILE ?= gemma3-270m_to_pruned12_cpu
 # A seed sweep: SWEEP names the setting, SWEEP_ARGS changes it, e.g. SWEEP_ARGS='--set distill_positions=answer'
 SWEEP ?= default
 SEEDS ?= 0,1,2
@@ -22,7 +23,7 @@ export SQUAD_DIR ?= $(wildcard $(abspath ../shared/data/squad))
 export PYTHONUNBUFFERED := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup browser test test-fast study sweep capacity signal fourbit smoke status dag validate params lab notebooks bench-loss bench-step bench-processes clean
+.PHONY: help setup browser test test-fast study sweep capacity signal fourbit gemma smoke status dag validate params lab notebooks bench-loss bench-step bench-processes clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -64,6 +65,9 @@ signal: setup ## the signal grid: which of the teacher's signals (teacher answer
 fourbit: setup ## what a 4-bit (NF4) teacher costs: its fidelity to float32 and the students it teaches; reports/fourbit_cpu/06_fourbit.html
 	$(PY) -m distill run params/$(FOURBIT_PROFILE).yaml --only fourbit-report
 
+gemma: setup ## the Gemma family offline: Gemma 3 270M (real weights, 262k words) tuned, cut to 12 layers, distilled; reports/gemma3-270m_to_pruned12_cpu/
+	$(PY) -m distill run params/$(GEMMA_PROFILE).yaml
+
 smoke: setup ## the whole study on tiny models (3 to 5 minutes): reports/smoke/
 	$(PY) -m distill run params/smoke.yaml
 
@@ -89,8 +93,8 @@ lab: notebooks ## open the notebooks in JupyterLab, kernel = .venv's Python (ins
 notebooks: setup ## generate the paired .ipynb files from notebooks/*.py (they are not committed)
 	$(PY) -m jupytext --set-kernel python3 --sync notebooks/*.py
 
-bench-loss: setup ## memory and speed of the KD loss at Gemma's 256k vocabulary, chunked vs not
-	$(PY) benchmarks/kd_loss_memory.py
+bench-loss: setup ## memory and speed of the KD loss at Gemma's 256k vocabulary: whole, chunked, from a sampled cache (LOSS_PROFILE=<profile>: its real vocabulary)
+	$(PY) benchmarks/kd_loss_memory.py $(if $(LOSS_PROFILE),params/$(LOSS_PROFILE).yaml)
 
 bench-step: setup ## cost of a distillation step (live teacher, cached sparse teacher) vs a CE step on PROFILE's models
 	$(PY) benchmarks/step_cost.py params/$(PROFILE).yaml

@@ -41,7 +41,7 @@ def arm(p, processes: int, threads: int, steps: int, folder: Path) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("params", nargs="?", default="params/smollm2-135m_to_pruned24_cpu.yaml")
+    parser.add_argument("params", nargs="?", default="params/smollm2-135m_to_pruned20_cpu.yaml")
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="threads per process in the multi-process arm")
     parser.add_argument("--steps", type=int, default=6, help="optimizer steps per arm (the first is warm-up)")

@@ -25,7 +25,7 @@ KS = (8, 16, 32, 64, 128)
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("params", nargs="?", default="params/smollm2-135m_to_pruned24_cpu.yaml")
+    parser.add_argument("params", nargs="?", default="params/smollm2-135m_to_pruned20_cpu.yaml")
     parser.add_argument("--examples", type=int, default=8, help="training examples measured")
     args = parser.parse_args()
 

@@ -126,7 +126,7 @@ def measure(profile: str, kind: str, n_steps: int, k: int) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("params", nargs="?", default="params/smollm2-135m_to_pruned24_cpu.yaml")
+    parser.add_argument("params", nargs="?", default="params/smollm2-135m_to_pruned20_cpu.yaml")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per kind (median reported)")
     parser.add_argument("--k", type=int, help="kept teacher tokens per position for the cached step "
                         "(default: the profile's teacher_cache_k)")

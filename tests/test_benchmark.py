@@ -100,7 +100,7 @@ def test_prediction_files_are_the_official_format_keyed_by_question_id():
 
 def test_readme_table_is_the_default_runs_results_json():
     """The README's results table is read off the committed results.json, so the two cannot drift apart."""
-    committed = paths.PROJECT_ROOT / "reports" / "smollm2-135m_to_pruned24_cpu" / "results.json"
+    committed = paths.PROJECT_ROOT / "reports" / "smollm2-135m_to_pruned20_cpu" / "results.json"
     table = results.markdown_table(results.table(json.loads(committed.read_text())["models"]))
     assert table in (paths.PROJECT_ROOT / "README.md").read_text()
 
@@ -111,7 +111,7 @@ def test_committed_predictions_rescore_to_results_json_with_the_official_metric(
     from squad_official_metric import evaluate
 
 
-    report = paths.PROJECT_ROOT / "reports" / "smollm2-135m_to_pruned24_cpu"
+    report = paths.PROJECT_ROOT / "reports" / "smollm2-135m_to_pruned20_cpu"
     data = json.loads((report / "results.json").read_text())
     subset = tmp_path / "dev-subset.json"
     assert official.write_dev_subset(report / "results.json", subset, str(real_squad_dir)) == len(data["meta"]["question_ids"])
