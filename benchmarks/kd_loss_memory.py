@@ -9,7 +9,7 @@ Each variant runs forward + backward of the divergence on one sequence of random
 Without a profile: Gemma's 256,000 words, 256 positions, bfloat16 logits (the GPU reference run's shapes). With
 one (`python benchmarks/kd_loss_memory.py params/<profile>.yaml`): its teacher's real vocabulary (read from the
 converted model's config), max_length positions, model_dtype, kd_chunk_size and teacher_cache_k; the numbers go
-to reports/<run>/kd_loss_memory.json too. Run: make bench-loss  (PROFILE=... for a profile's shapes)
+to reports/<run>/kd_loss_memory.json too. Run: make bench-loss  (LOSS_PROFILE=<profile> for a profile's shapes)
 """
 from __future__ import annotations
 
@@ -59,23 +59,26 @@ def _status_mb(key: str) -> float:
 
 def reset_peak() -> float:
     """Reset this process's peak RSS to its current RSS (Linux: clear_refs 5), so the peak measured next is what
-    the divergence adds, not a transient of imports or input building; returns the RSS now, in MB."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
+    the divergence adds, not a transient of imports or input building; returns the RSS now, in MB. Where the
+    kernel refuses, the baseline is the peak so far (the extra is then a lower bound)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return _status_mb("VmHWM")
     return _status_mb("VmRSS")
 
 
 def shapes(profile: str | None) -> dict:
     if not profile:
         return {"vocab": 256_000, "seq": 256, "dtype": "bfloat16", "chunk": 64, "k": 12, "run": None}
-    from pathlib import Path
+    from transformers import AutoConfig  # heavy: only with a profile
 
     from distill.core import params
     from distill.parts import sources
 
     p = params.load(profile)
-    config = json.loads((Path(sources.resolve_source(p.teacher, p.squad_dir)) / "config.json").read_text())
-    vocab = config.get("vocab_size") or config["text_config"]["vocab_size"]
+    vocab = AutoConfig.from_pretrained(sources.resolve_source(p.teacher, p.squad_dir)).get_text_config().vocab_size
     return {"vocab": int(vocab), "seq": p.max_length, "dtype": p.model_dtype, "chunk": p.kd_chunk_size or 64,
             "k": p.teacher_cache_k, "run": p.run_name, "report_dir": str(p.report_dir)}
 

@@ -83,7 +83,7 @@ def layer_importance(model, batches: Iterable[dict[str, torch.Tensor]]) -> list[
 def full_attention_layers(config) -> list[int]:
     """The layers that attend to the whole sequence in a model that mixes them with sliding-window layers (Gemma 3:
     every sixth, 5, 11 and 17 of 18); empty when every layer has the same attention (Llama, SmolLM2)."""
-    types = list(getattr(config, "layer_types", None) or [])
+    types = list(getattr(config.get_text_config(), "layer_types", None) or [])
     if len(set(types)) < 2:
         return []
     return [i for i, t in enumerate(types) if t == "full_attention"]

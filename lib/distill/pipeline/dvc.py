@@ -264,7 +264,8 @@ def sweep_stages(base: StudyParams) -> list[Stage]:
     folder = project_relative(sweeps.sweeps_dir(base), "reports")
     summary_outs = [f"{folder}/summary.txt", f"{folder}/summary.csv", f"{folder}/summary.json",
                     f"{folder}/seed_scores.png", f"{folder}/paired_differences.png"]
-    out.append(Stage("sweep-summary", ["sweep-summary"], ["run_name"],
+    # squad_dir, data_pool_rows, seed: which questions were scored, whose gold answers re-score each student
+    out.append(Stage("sweep-summary", ["sweep-summary"], ["run_name", "squad_dir", "data_pool_rows", "seed"],
                      deps=[*REPORT, *score_files],
                      reports=summary_outs, title="Seed sweeps: mean, spread and paired differences"))
     out[-1].extra_params = {regfile: ["sweeps", "reference"]}

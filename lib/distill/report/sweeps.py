@@ -72,7 +72,12 @@ def question_paired_f1(records: list[dict[str, Any]], row: tuple[str, str], vs: 
 
     a, b = by_seed(row), by_seed(vs)
     seeds = sorted(set(a) & set(b))
-    ids = list(a[seeds[0]])
+    # the questions every one of them answered (a setting with another max_length may drop different ones)
+    ids = sorted(set.intersection(*(set(x[s]) for x in (a, b) for s in seeds))) if seeds else []
+    if len(ids) < 2:
+        nan = float("nan")
+        return {"f1_q_gain": nan, "f1_q_ci95_low": nan, "f1_q_ci95_high": nan, "f1_q_resolved": False,
+                "f1_q_questions": len(ids)}
     g = stats.paired_gain([[a[s][q] for q in ids] for s in seeds], [[b[s][q] for q in ids] for s in seeds])
     return {"f1_q_gain": g["gain"], "f1_q_ci95_low": g["low"], "f1_q_ci95_high": g["high"],
             "f1_q_resolved": g["resolved"], "f1_q_questions": len(ids)}
@@ -119,7 +124,8 @@ def summary_text(summary: pd.DataFrame, diffs: pd.DataFrame) -> str:
                   f"{'sweep/variant':{w}} {'minus':{w}} {'seeds':>5} {'answer loss':>29} {'top-1':>29} {'EM':>23} "
                   f"{'F1':>23} {'F1 over questions':>24}"]
         for r in diffs.itertuples():
-            by_q = f"{r.f1_q_gain:+.1f} [{r.f1_q_ci95_low:+.1f}, {r.f1_q_ci95_high:+.1f}]"
+            by_q = (f"{r.f1_q_gain:+.1f} [{r.f1_q_ci95_low:+.1f}, {r.f1_q_ci95_high:+.1f}]" if r.f1_q_questions >= 2
+                    else "fewer than 2 questions")
             lines.append(f"{r.sweep + '/' + r.variant:{w}} {r.vs:{w}} {r.paired_seeds:>5} {ci(r, 'answer_loss', 3):>29} "
                          f"{ci(r, 'top1_accuracy', 3):>29} {ci(r, 'exact_match', 1):>23} {ci(r, 'f1', 1):>23} "
                          f"{by_q:>24}")

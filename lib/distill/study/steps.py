@@ -157,7 +157,8 @@ def pruned_layers(p: StudyParams, config, importance: list[float] | None, keep: 
     if p.prune_layers and not keep:
         return sorted(p.prune_layers)
     required = pruning.full_attention_layers(config) if p.prune_keep_full_attention else []
-    return pruning.choose_layers(config.num_hidden_layers, keep or p.prune_keep, p.prune_method, importance, required)
+    n_layers = config.get_text_config().num_hidden_layers
+    return pruning.choose_layers(n_layers, keep or p.prune_keep, p.prune_method, importance, required)
 
 
 def save_student_init(p: StudyParams, student, tokenizer, info: dict[str, Any]) -> Path:
