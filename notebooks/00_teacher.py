@@ -94,7 +94,8 @@ display(pd.DataFrame({k: {m: v[m] for m in ("exact_match", "f1", "answer_loss", 
 # ## The student, cut from the teacher (only for `student: prune`)
 # Each layer's importance is how much it turns the residual stream (1 - cosine between its input and
 # output, averaged over real tokens of training prompts). The student keeps the first and last
-# layers and the most important middle ones; candidates of several sizes are compared by their
+# layers, then (in a model mixing sliding-window and full-attention layers, like Gemma 3, with
+# `prune_keep_full_attention`) the full-attention ones, then the most important of the rest; candidates of several sizes are compared by their
 # teacher-forced answer loss before any training (a uniform guess scores ln(vocab) nats).
 
 # %%
@@ -102,13 +103,13 @@ if p.student == "prune":
     calib = steps.calibration_batches(sets.train_rows, teacher_tok, p, n_batches=2)
     importance = pruning.layer_importance(tuned_teacher, calib)
     n_layers = len(importance)
-    kept = steps.pruned_layers(p, n_layers, importance)
+    kept = steps.pruned_layers(p, tuned_teacher.config, importance)
     eval_feats = data.encode_examples(sets.eval_rows, teacher_tok, p.max_length, p.seed).features
     candidates = sorted({k for k in (len(kept) - 4, len(kept) - 2, len(kept), len(kept) + 2, len(kept) + 4)
                          if 1 <= k < n_layers})
     comparison = []
     for k in candidates:
-        layers = kept if k == len(kept) else pruning.choose_layers(n_layers, k, p.prune_method, importance)
+        layers = kept if k == len(kept) else steps.pruned_layers(p, tuned_teacher.config, importance, keep=k)
         candidate = pruning.prune_layers(tuned_teacher, layers)
         forced = benchmark.teacher_forced(candidate, eval_feats, teacher_tok.pad_token_id, p.batch_size, device)
         comparison.append({"layers kept": k, "answer loss": forced["answer_loss"],
@@ -116,10 +117,11 @@ if p.student == "prune":
         del candidate
     display(pd.DataFrame(comparison).round(3))
     student_model = pruning.prune_layers(tuned_teacher, kept)
-    steps.save_student_init(p, student_model, teacher_tok, {"kept_layers": kept, "importance": importance,
-                                                            "method": p.prune_method, "comparison": comparison})
-    plots.save(plots.layer_importance(importance, kept, f"{p.run_name}: layer importance, {len(kept)} of {n_layers} kept"),
-               report, "layer_importance")
+    steps.save_student_init(p, student_model, teacher_tok, {
+        "kept_layers": kept, "importance": importance, "method": p.prune_method, "comparison": comparison,
+        "full_attention_layers": pruning.full_attention_layers(tuned_teacher.config)})
+    plots.save(plots.layer_importance(importance, kept, f"{p.run_name}: layer importance, {len(kept)} of {n_layers} kept",
+                                      pruning.full_attention_layers(tuned_teacher.config)), report, "layer_importance")
     plots.save(plots.line([c["layers kept"] for c in comparison], [c["answer loss"] for c in comparison],
                           "layers kept", "teacher-forced answer loss (nats)",
                           f"{p.run_name}: pruned students before training"), report, "pruned_student_answer_loss")

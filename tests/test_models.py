@@ -82,6 +82,27 @@ def test_choose_layers():
         pruning.choose_layers(10, 11, "stride")
 
 
+def test_a_mixed_attention_models_full_attention_layers_rank_after_the_ends(teacher):
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    config = Gemma3TextConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=18,
+                              num_attention_heads=1, num_key_value_heads=1, head_dim=16, sliding_window=8)
+    assert pruning.full_attention_layers(config) == [5, 11, 17]  # Gemma 3 270M's: one layer in six
+    assert pruning.full_attention_layers(teacher.config) == []  # every layer attends alike: nothing to favour
+    imp = [0.0] * 18
+    for i, v in {2: 0.9, 3: 0.8, 7: 0.7, 5: 0.01, 11: 0.02}.items():
+        imp[i] = v
+    assert pruning.choose_layers(18, 5, "importance", imp) == [0, 2, 3, 7, 17]  # by importance alone
+    assert pruning.choose_layers(18, 5, "importance", imp, required=[5, 11, 17]) == [0, 2, 5, 11, 17]
+    assert pruning.choose_layers(18, 3, "importance", imp, required=[5, 11, 17]) == [0, 5, 17]
+    student = pruning.prune_layers(Gemma3ForCausalLM(config).eval(), [0, 2, 5, 11, 17])
+    assert student.config.layer_types == ["sliding_attention", "sliding_attention", "full_attention",
+                                          "full_attention", "full_attention"]
+    assert pruning.full_attention_layers(student.config) == [2, 3, 4]
+    with torch.no_grad():
+        assert torch.isfinite(student(torch.randint(0, 64, (1, 12))).logits).all()
+
+
 def test_layer_importance_is_measured(teacher, tok):
     batch = tok(["The tower in Oslo was designed by Ada Lovelace.", "Who designed it?"], return_tensors="pt",
                 padding=True)

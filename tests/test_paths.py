@@ -45,3 +45,15 @@ def test_a_deployment_gets_our_marker_and_only_marked_or_empty_folders_are_repla
     (tmp_path / "mine" / "notes.txt").write_text("keep")
     with pytest.raises(paths.NotOurFolder, match="not a deployment of this study"):
         paths.check_replaceable(tmp_path / "mine")
+
+
+def test_an_unchanged_json_file_keeps_its_bytes_and_time_so_its_stage_stays_up_to_date(tmp_path):
+    target = tmp_path / "views" / "run.json"
+    assert paths.write_json_if_changed(target, {"b": 1, "a": [1, 2]}) is True
+    first = target.read_text()
+    os.utime(target, (1_000_000, 1_000_000))
+    assert paths.write_json_if_changed(target, {"a": [1, 2], "b": 1}) is False  # the same content, keys in any order
+    assert target.read_text() == first and target.stat().st_mtime == 1_000_000
+    assert paths.write_json_if_changed(target, {"a": [1, 2], "b": 2}) is True
+    assert '"b": 2' in target.read_text() and target.stat().st_mtime != 1_000_000
+    assert [p.name for p in target.parent.iterdir()] == ["run.json"]  # no temporary file left beside it

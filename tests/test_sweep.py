@@ -16,9 +16,11 @@ from distill.study import layout, sweep
 pytestmark = pytest.mark.xdist_group("project_tree")
 
 
-def record(sweep_name, variant, seed, loss, f1):
+def record(sweep_name, variant, seed, loss, f1, spread=4.0):
+    """A scored student: F1 `f1` on average over three questions, f1 - spread, f1, f1 + spread."""
     return {"sweep": sweep_name, "variant": variant, "seed": seed, "answer_loss": loss, "top1_accuracy": 0.5,
-            "exact_match": f1 / 2, "f1": f1, "n_examples": 10, "answer_tokens": 30, "overrides": "{}"}
+            "exact_match": f1 / 2, "f1": f1, "n_examples": 10, "answer_tokens": 30, "overrides": "{}",
+            "f1_per_question": {"q1": f1 - spread, "q2": f1, "q3": f1 + spread}}
 
 
 RECORDS = [record("default", "ce_baseline", 0, 2.0, 10.0), record("default", "ce_baseline", 1, 3.0, 20.0),
@@ -48,6 +50,21 @@ def test_paired_differences_use_common_seeds_only():
     assert row["answer_loss_diff_ci95_low"] == pytest.approx(-0.2 - half, abs=1e-3)
     assert row["answer_loss_diff_ci95_high"] == pytest.approx(-0.2 + half, abs=1e-3)
     assert "default/distilled" in text and "-0.200 [-4.012, +3.612] 1/2" in text
+
+
+def test_the_f1_difference_is_also_paired_question_by_question_over_the_common_seeds():
+    recs = [record("default", "ce_baseline", 0, 2.0, 10.0), record("default", "ce_baseline", 1, 3.0, 20.0),
+            record("default", "distilled", 0, 1.5, 14.0, spread=2.0), record("default", "distilled", 1, 3.1, 22.0,
+                                                                               spread=2.0),
+            record("default", "distilled", 2, 9.0, 99.0)]  # no baseline for seed 2: left out here too
+    row = sweeps.paired_differences(recs, ("default", "ce_baseline")).iloc[0]
+    # per question, averaged over seeds 0 and 1: 3 + (2, 0, -2); mean 3, sd 2, t(0.975, 2 df) = 4.303
+    half = 4.3027 * 2.0 / math.sqrt(3)
+    assert row["f1_q_gain"] == pytest.approx(3.0) and row["f1_q_questions"] == 3
+    assert row["f1_q_ci95_low"] == pytest.approx(3.0 - half, abs=1e-3)
+    assert row["f1_q_ci95_high"] == pytest.approx(3.0 + half, abs=1e-3) and not row["f1_q_resolved"]
+    text = sweeps.summary_text(sweeps.summarize(recs), sweeps.paired_differences(recs, ("default", "ce_baseline")))
+    assert f"+3.0 [{3.0 - half:+.1f}, {3.0 + half:+.1f}]" in text
 
 
 def test_a_sweep_with_both_students_is_also_paired_within_itself():

@@ -52,6 +52,9 @@ class StudyParams:
     prune_keep: int = _f(0, "prune: how many teacher layers to keep, ranked by prune_method", min=0)
     prune_method: Literal["importance", "stride"] = _f(
         "importance", "prune: rank layers by measured importance or keep an even stride")
+    prune_keep_full_attention: bool = _f(
+        True, "prune by importance: a mixed-attention model's full-attention layers (Gemma 3: every sixth) rank right "
+              "after the first and last, before the measured importance; no effect where every layer attends alike")
     model_dtype: Literal["float32", "bfloat16", "float16"] = _f(
         "float32", "dtype of the student and unquantised teacher; float32 on CPU")
     teacher_load_in_4bit: bool = _f(False, "load the teacher NF4 4-bit with bitsandbytes")

@@ -35,6 +35,16 @@ def write_text_atomic(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+def write_json_if_changed(path: Path, obj: Any) -> bool:
+    """Write `obj` as sorted, indented JSON unless the file already holds exactly that: an unchanged file keeps its
+    bytes, so the DVC stage that reads it stays up to date. Returns whether it wrote."""
+    text = json.dumps(obj, indent=1, sort_keys=True)
+    if path.exists() and path.read_text(encoding="utf-8") == text:
+        return False
+    write_text_atomic(path, text)
+    return True
+
+
 DEPLOY_MARKER = "DISTILL_DEPLOYMENT.json"
 
 

@@ -80,10 +80,21 @@ def layer_importance(model, batches: Iterable[dict[str, torch.Tensor]]) -> list[
     return (total / max(count, 1.0)).tolist()
 
 
-def choose_layers(n_layers: int, keep: int, method: str, importance: list[float] | None = None) -> list[int]:
+def full_attention_layers(config) -> list[int]:
+    """The layers that attend to the whole sequence in a model that mixes them with sliding-window layers (Gemma 3:
+    every sixth, 5, 11 and 17 of 18); empty when every layer has the same attention (Llama, SmolLM2)."""
+    types = list(getattr(config.get_text_config(), "layer_types", None) or [])
+    if len(set(types)) < 2:
+        return []
+    return [i for i, t in enumerate(types) if t == "full_attention"]
+
+
+def choose_layers(n_layers: int, keep: int, method: str, importance: list[float] | None = None,
+                  required: Iterable[int] = ()) -> list[int]:
     """Which teacher layers a pruned student keeps: an even stride, or the most important ones.
 
-    By importance the first and last layers are always kept (they map tokens in and out).
+    By importance the first and last layers come first (they map tokens in and out), then the `required` ones
+    (a mixed-attention model's full-attention layers), then the rest by measured importance.
     """
     if not 1 <= keep <= n_layers:
         raise ValueError(f"prune_keep: {keep} must be in [1, {n_layers}]")
@@ -91,7 +102,7 @@ def choose_layers(n_layers: int, keep: int, method: str, importance: list[float]
         return sorted({round(i * (n_layers - 1) / max(keep - 1, 1)) for i in range(keep)})
     if importance is None:
         raise ValueError("choose_layers by importance needs the measured importance")
-    middle = sorted(range(1, n_layers - 1), key=lambda i: -importance[i])[: max(keep - 2, 0)]
-    return sorted({0, n_layers - 1, *middle})[:keep] if keep >= 2 else [0]
-
-
+    required = [i for i in dict.fromkeys(required) if 0 < i < n_layers - 1]
+    middle = required + sorted((i for i in range(1, n_layers - 1) if i not in required), key=lambda i: -importance[i])
+    ranked = [0, n_layers - 1, *middle] if n_layers > 1 else [0]
+    return sorted(ranked[:keep])

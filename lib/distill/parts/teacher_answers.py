@@ -85,11 +85,8 @@ def fill(store: Path, config: dict[str, Any], views: dict[str, list[dict[str, An
         paths.write_text_atomic(store / "answers.json", json.dumps(stored, indent=1))
         log(f"teacher answers: {len(missing)} questions answered in {seconds:.0f} s")
     for name, rows in views.items():
-        view = {"config": config, "run": name, "answers": {r["id"]: answers[r["id"]] for r in rows}}
-        text = json.dumps(view, indent=1, sort_keys=True)
-        target = store / "views" / f"{name}.json"
-        if not target.exists() or target.read_text() != text:  # an unchanged view keeps its training up to date
-            paths.write_text_atomic(target, text)
+        paths.write_json_if_changed(store / "views" / f"{name}.json",
+                                    {"config": config, "run": name, "answers": {r["id"]: answers[r["id"]] for r in rows}})
     empty = sum(not answers[q]["answer"] for q in wanted)
     return {"questions": len(wanted), "asked": len(missing), "empty": empty}
 

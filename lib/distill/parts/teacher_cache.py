@@ -301,10 +301,7 @@ def fill(store: Path, config: dict[str, Any], views: dict[str, list[dict[str, An
         used = sorted({located[k][0] for k in keys})
         view = {"config": config, "run": view_name, "shards": {n: shards[n]["sha256"] for n in used},
                 "entries": {k: located[k] for k in keys}}
-        text = json.dumps(view, indent=1, sort_keys=True)
-        target = store / "views" / f"{view_name}.json"
-        if not target.exists() or target.read_text() != text:  # an unchanged view keeps its training up to date
-            paths.write_text_atomic(target, text)
+        paths.write_json_if_changed(store / "views" / f"{view_name}.json", view)  # unchanged: training up to date
     paths.write_text_atomic(store / "manifest.json", json.dumps(manifest, indent=1, sort_keys=True))
     group.barrier()
     computed = {k for k, _ in missing}

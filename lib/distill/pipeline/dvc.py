@@ -81,7 +81,7 @@ SUBSETS = ["train_size", "eval_size", "teacher_finetune", "teacher_finetune_trai
            "bench_size", "max_length"]  # steps.load_data draws every subset from one seeded shuffle
 PRECISION = list(PRECISION_KEYS)
 TEACHER = ["teacher", *PRECISION, "teacher_finetune_use_lora", "teacher_finetune_steps", "teacher_finetune_lr"]
-STUDENT = ["student", "prune_layers", "prune_keep", "prune_method"]
+STUDENT = ["student", "prune_layers", "prune_keep", "prune_method", "prune_keep_full_attention"]
 TRAINER = ["batch_size", "grad_accum_steps", "warmup_ratio", "weight_decay", "logging_steps",
            "gradient_checkpointing", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules"]
 STUDENT_TRAINING = ["use_lora", "learning_rate", "max_steps", "eval_steps", "recovery_steps", "alpha_ce"]
@@ -264,7 +264,8 @@ def sweep_stages(base: StudyParams) -> list[Stage]:
     folder = project_relative(sweeps.sweeps_dir(base), "reports")
     summary_outs = [f"{folder}/summary.txt", f"{folder}/summary.csv", f"{folder}/summary.json",
                     f"{folder}/seed_scores.png", f"{folder}/paired_differences.png"]
-    out.append(Stage("sweep-summary", ["sweep-summary"], ["run_name"],
+    # squad_dir, data_pool_rows, seed: which questions were scored, whose gold answers re-score each student
+    out.append(Stage("sweep-summary", ["sweep-summary"], ["run_name", "squad_dir", "data_pool_rows", "seed"],
                      deps=[*REPORT, *score_files],
                      reports=summary_outs, title="Seed sweeps: mean, spread and paired differences"))
     out[-1].extra_params = {regfile: ["sweeps", "reference"]}
@@ -279,7 +280,7 @@ def capacity_stages(base: StudyParams) -> list[Stage]:
     made = [rel(d) for d in base_models_dirs(base)]
     teacher_dir = [rel(tuned_teacher_dir(base))] if base.teacher_finetune else []
     out = [Stage("capacity-students", ["capacity-students"],
-                 RUNTIME + ["capacity_keep", "prune_method", "teacher", "teacher_finetune"],
+                 RUNTIME + ["capacity_keep", "prune_method", "prune_keep_full_attention", "teacher", "teacher_finetune"],
                  deps=[*ENGINE, *made], outs=[rel(capacity.student_dir(base, k)) for k in base.capacity_keep],
                  title=f"Capacity grid: students of {', '.join(map(str, sorted(base.capacity_keep)))} layers")]
     keys = [k for k in SCORING if k != "bench_size"] + ["capacity_questions", "latency_prompts"]

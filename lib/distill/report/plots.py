@@ -59,11 +59,16 @@ def token_lengths(lengths: list[int], max_length: int, title: str):
     return fig
 
 
-def layer_importance(importance: list[float], kept: list[int], title: str):
+def layer_importance(importance: list[float], kept: list[int], title: str, full_attention: list[int] = ()):
+    """Each teacher layer's measured importance; blue: kept in the student; hatched: a full-attention layer of a
+    mixed-attention model (Gemma 3), kept ahead of its importance rank."""
     fig, ax = plt.subplots(figsize=(8, 3))
     colors = ["#4c72b0" if i in kept else "#c0c0c0" for i in range(len(importance))]
-    ax.bar(range(len(importance)), importance, color=colors)
-    ax.set_xlabel("teacher layer (blue: kept in the student)")
+    bars = ax.bar(range(len(importance)), importance, color=colors)
+    for i in full_attention:
+        bars[i].set_hatch("//")
+        bars[i].set_edgecolor("#222222")
+    ax.set_xlabel("teacher layer (blue: kept in the student" + ("; hatched: full attention)" if full_attention else ")"))
     ax.set_ylabel("1 - cos(in, out)")
     ax.set_title(title)
     fig.tight_layout()
@@ -251,17 +256,22 @@ def capacity_curve(result: dict[str, Any], x: str, xlabel: str, title: str):
     return fig
 
 
+def _gain_bar(ax, x: float, mean: float, low: float, high: float, per_seed: list[float]) -> None:
+    """One paired gain: a bar coloured by its 95% interval (green above 0, red below, blue across), the interval as
+    an error bar, and each seed's gain as a dot."""
+    color = "#8fbf8f" if low > 0 else "#e0a0a0" if high < 0 else "#c6d4ea"
+    ax.bar(x, mean, color=color, width=0.6)
+    ax.errorbar(x, mean, yerr=[[mean - low], [high - mean]], fmt="none", ecolor="#333333", capsize=4)
+    ax.scatter([x] * len(per_seed), per_seed, color="#333333", s=13, zorder=3)
+
+
 def capacity_gain(result: dict[str, Any], title: str):
     """Distilled minus CE-only F1 per size: mean over questions and seeds with its 95% interval, and each seed."""
     gains = sorted(result["gains"], key=lambda g: g["params_m"])
     fig, ax = plt.subplots(figsize=(7.5, 3.6))
     xs = list(range(len(gains)))
     for i, g in zip(xs, gains):
-        color = "#8fbf8f" if g["f1_gain_ci95_low"] > 0 else "#e0a0a0" if g["f1_gain_ci95_high"] < 0 else "#c6d4ea"
-        ax.bar(i, g["f1_gain"], color=color, width=0.6)
-        ax.errorbar(i, g["f1_gain"], yerr=[[g["f1_gain"] - g["f1_gain_ci95_low"]], [g["f1_gain_ci95_high"] - g["f1_gain"]]],
-                    fmt="none", ecolor="#333333", capsize=4)
-        ax.scatter([i] * len(g["f1_gain_per_seed"]), g["f1_gain_per_seed"], color="#333333", s=14, zorder=3)
+        _gain_bar(ax, i, g["f1_gain"], g["f1_gain_ci95_low"], g["f1_gain_ci95_high"], g["f1_gain_per_seed"])
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xticks(xs, [f"{g['layers']} layers\n{g['params_m']:.0f} M" for g in gains])
     ax.set_ylabel("F1 points, distilled minus CE-only")
@@ -279,11 +289,7 @@ def signal_gains(result: dict[str, Any], title: str):
     for ax, layers in zip(axes[0], sizes):
         rows = [r for r in result["arms"] if r["layers"] == layers and "gain_f1" in r]
         for i, r in enumerate(rows):
-            color = "#8fbf8f" if r["gain_ci95_low"] > 0 else "#e0a0a0" if r["gain_ci95_high"] < 0 else "#c6d4ea"
-            ax.bar(i, r["gain_f1"], color=color, width=0.6)
-            ax.errorbar(i, r["gain_f1"], yerr=[[r["gain_f1"] - r["gain_ci95_low"]], [r["gain_ci95_high"] - r["gain_f1"]]],
-                        fmt="none", ecolor="#333333", capsize=4)
-            ax.scatter([i] * len(r["gain_per_seed"]), r["gain_per_seed"], color="#333333", s=12, zorder=3)
+            _gain_bar(ax, i, r["gain_f1"], r["gain_ci95_low"], r["gain_ci95_high"], r["gain_per_seed"])
             ax.annotate(f"keeps {100 * r['kept_f1']:.0f}%", (i, r["gain_ci95_high"]), textcoords="offset points",
                         xytext=(0, 4), ha="center", fontsize=7)
         ax.axhline(0, color="black", linewidth=0.8)
@@ -317,12 +323,7 @@ def fourbit_fidelity(fourbit: dict[str, Any], students: list[dict[str, Any]], ti
     left.legend(fontsize=8)
     left.grid(axis="y", alpha=0.3)
     for i, s in enumerate(students):
-        color = "#8fbf8f" if s["f1_diff_ci95_low"] > 0 else "#e0a0a0" if s["f1_diff_ci95_high"] < 0 else "#c6d4ea"
-        right.bar(i, s["f1_diff"], color=color, width=0.6)
-        right.errorbar(i, s["f1_diff"], yerr=[[s["f1_diff"] - s["f1_diff_ci95_low"]],
-                                              [s["f1_diff_ci95_high"] - s["f1_diff"]]], fmt="none", ecolor="#333333",
-                       capsize=4)
-        right.scatter([i] * len(s["f1_diff_per_seed"]), s["f1_diff_per_seed"], color="#333333", s=12, zorder=3)
+        _gain_bar(right, i, s["f1_diff"], s["f1_diff_ci95_low"], s["f1_diff_ci95_high"], s["f1_diff_per_seed"])
     right.axhline(0, color="black", linewidth=0.8)
     right.set_xticks(range(len(students)), [f"{s['teacher']}\n{s['layers']} layers" for s in students], fontsize=8)
     right.set_ylabel("student F1 minus float32-taught")

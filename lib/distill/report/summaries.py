@@ -23,7 +23,8 @@ def show(markdown: str, chart: Path | None = None) -> None:
 
 def interval(mean: float, low: float, high: float, digits: int = 1, unit: str = "") -> str:
     """"+2.1 [-3.1, +7.3] (unresolved)": the verdict is part of the number."""
-    verdict = "unresolved: the interval spans 0" if low <= 0 <= high else "resolved"
+    verdict = ("no interval" if low != low or high != high else
+               "unresolved: the interval spans 0" if low <= 0 <= high else "resolved")
     return f"{mean:+.{digits}f}{unit} [{low:+.{digits}f}, {high:+.{digits}f}] ({verdict})"
 
 
@@ -124,6 +125,10 @@ def benchmark(df, sweep_pair: dict[str, Any] | None, sweep_note: str, meta: dict
                      f"95% t interval): F1 {interval(sweep_pair['f1_diff_mean'], sweep_pair['f1_diff_ci95_low'], sweep_pair['f1_diff_ci95_high'])}; "
                      f"EM {interval(sweep_pair['exact_match_diff_mean'], sweep_pair['exact_match_diff_ci95_low'], sweep_pair['exact_match_diff_ci95_high'])}; "
                      f"answer loss {interval(sweep_pair['answer_loss_diff_mean'], sweep_pair['answer_loss_diff_ci95_low'], sweep_pair['answer_loss_diff_ci95_high'], 3, ' nats')}.")
+        if sweep_pair.get("f1_q_questions", 0) >= 2:
+            lines.append(f"**Paired question by question** (each question's difference averaged over the seeds, 95% t "
+                         f"interval over the {sweep_pair['f1_q_questions']} questions): F1 "
+                         f"{interval(sweep_pair['f1_q_gain'], sweep_pair['f1_q_ci95_low'], sweep_pair['f1_q_ci95_high'])}.")
     else:
         gap = v(DISTILLED, "f1") - v(BASELINE, "f1")
         lines.append(f"Distilled minus CE-only in this one run: F1 {gap:+.1f}, **unresolved**: one seed's gap is not "

@@ -118,7 +118,7 @@ def make_students(base: StudyParams) -> list[dict[str, Any]]:
                          f"below {n_layers}")
     made = []
     for keep in sorted(base.capacity_keep, reverse=True):
-        layers = pruning.choose_layers(n_layers, keep, base.prune_method, info["importance"])
+        layers = steps.pruned_layers(base, teacher.config, info["importance"], keep=keep)
         student = pruning.prune_layers(teacher, layers)
         meta = {"kept_layers": layers, "importance": info["importance"], "method": base.prune_method}
         models.atomic_save_pretrained(student, tokenizer, student_dir(base, keep),

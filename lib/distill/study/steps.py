@@ -152,10 +152,13 @@ def calibration_batches(rows, tokenizer, p: StudyParams, n_batches: int = 4) -> 
             for i in range(0, min(len(feats), n_batches * p.batch_size), p.batch_size)]
 
 
-def pruned_layers(p: StudyParams, n_layers: int, importance: list[float] | None) -> list[int]:
-    if p.prune_layers:
+def pruned_layers(p: StudyParams, config, importance: list[float] | None, keep: int = 0) -> list[int]:
+    """The teacher layers a student of `keep` layers (default: the run's own, prune_layers or prune_keep) keeps."""
+    if p.prune_layers and not keep:
         return sorted(p.prune_layers)
-    return pruning.choose_layers(n_layers, p.prune_keep, p.prune_method, importance)
+    required = pruning.full_attention_layers(config) if p.prune_keep_full_attention else []
+    n_layers = config.get_text_config().num_hidden_layers
+    return pruning.choose_layers(n_layers, keep or p.prune_keep, p.prune_method, importance, required)
 
 
 def save_student_init(p: StudyParams, student, tokenizer, info: dict[str, Any]) -> Path:

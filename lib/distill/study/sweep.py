@@ -27,7 +27,7 @@ import yaml
 
 from distill.core import paths
 from distill.core.params import ParamsError, StudyParams
-from distill.parts import models
+from distill.parts import metrics, models
 from distill.study import merge, steps
 from distill.study.layout import VARIANTS, pipeline_dir, project_relative
 
@@ -127,21 +127,31 @@ def load_student_or_reference(p: StudyParams, who: str, device):
 
 
 def records(base: StudyParams) -> list[dict[str, Any]]:
-    """One record per scored student and reference model, from the sweep stages' score files."""
+    """One record per scored student and reference model, from the sweep stages' score files, with its F1 per
+    question (`f1_per_question`, 0-100, by question id: its answer against the run's gold answers)."""
     reg = load_registry(base)
     q = int(reg["questions"])
+    gold = {r["id"]: r["answers"]["text"] for r in steps.bench_rows(base, q)}
+
+    def scored(s: dict[str, Any]) -> dict[str, Any]:
+        per_q = [100.0 * r["f1"] for r in metrics.per_example_scores(s["predictions"],
+                                                                     [gold[i] for i in s["question_ids"]])]
+        if abs(sum(per_q) / len(per_q) - s["f1"]) > 1e-6:  # the gold answers are not the ones it was scored on
+            raise ValueError(f"a sweep score file's answers re-score to F1 {sum(per_q) / len(per_q):.3f}, not its "
+                             f"{s['f1']:.3f}: the run's questions changed since; re-run its sweep-score stages")
+        return {**{k: s[k] for k in (*SCORES, "n_examples")}, "f1_per_question": dict(zip(s["question_ids"], per_q))}
+
     out = []
     for name, entry in reg["sweeps"].items():
         for seed in entry["seeds"]:
             for variant in entry["variants"]:
                 s = json.loads(score_file(base, name, seed, variant, q).read_text())
-                out.append({"sweep": name, "variant": variant, "seed": seed, "questions": q,
-                            **{k: s[k] for k in (*SCORES, "n_examples")}, "overrides": json.dumps(entry["set"],
-                                                                                                  sort_keys=True)})
+                out.append({"sweep": name, "variant": variant, "seed": seed, "questions": q, **scored(s),
+                            "overrides": json.dumps(entry["set"], sort_keys=True)})
     for model in REFERENCES:
         s = json.loads(score_file(base, "reference", None, model, q).read_text())
-        out.append({"sweep": "reference", "variant": model, "seed": base.seed, "questions": q,
-                    **{k: s[k] for k in (*SCORES, "n_examples")}, "overrides": "{}"})
+        out.append({"sweep": "reference", "variant": model, "seed": base.seed, "questions": q, **scored(s),
+                    "overrides": "{}"})
     return out
 
 

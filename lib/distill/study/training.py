@@ -332,6 +332,7 @@ def load_teacher_signal(p: StudyParams, tokenizer, student, device: torch.device
     if targets is not None:
         signal.source = (f"{p.teacher_cache} (k = {p.teacher_cache_k}) from the teacher cache "
                          f"{targets.view_path.parent.parent.name}, {len(targets.entries)} examples")
+        signal.layers = models.config_layers(steps.teacher_source(p))  # the teacher's, not the student's
     if not p.needs_live_teacher:
         return signal
     world = group.world()[1]
