@@ -13,6 +13,10 @@ Side by side in one run, each kind in a fresh process (so each peak RSS is its o
                      none), the teacher run live for its states
   onpolicy_step      an on-policy (GKD) step: the student samples its answers (the profile's onpolicy_temperature
                      and onpolicy_max_new_tokens), the live teacher scores them, the divergence on the samples
+  kd_live_dense_step / kd_live_chunked_step  the live-teacher step with the divergence over all its rows at once
+                     (kd_chunk_size 0) and in chunks (the profile's kd_chunk_size, 64 if it has none)
+  kd_all_dense_step / kd_all_chunked_step / kd_all_cached_step  the same two and the cached step with every
+                     position distilled (distill_positions all): where the vocabulary's float32 memory shows
 Every step projects onto the vocabulary only at the rows its losses read (distill_positions).
 It prints the ratios and writes reports/<run>/step_cost.json. Needs the run's teacher and student (make study).
 Run: make bench-step   (or python benchmarks/step_cost.py params/<profile>.yaml)
@@ -34,7 +38,8 @@ from distill.kd.trainer import DistillationTrainer
 from distill.parts import data, models, teacher_cache
 from distill.study import steps, training
 
-KINDS = ("ce_step", "teacher_forward", "kd_live_step", "kd_cached_step", "kd_cached_live_hidden_step", "onpolicy_step")
+KINDS = ("ce_step", "teacher_forward", "kd_live_step", "kd_cached_step", "kd_cached_live_hidden_step", "onpolicy_step",
+         "kd_live_dense_step", "kd_live_chunked_step", "kd_all_dense_step", "kd_all_chunked_step", "kd_all_cached_step")
 
 
 def measure(profile: str, kind: str, n_steps: int, k: int) -> dict:
@@ -62,8 +67,16 @@ def measure(profile: str, kind: str, n_steps: int, k: int) -> dict:
         lp = p.replace(beta_mse=p.beta_mse or 0.1)
     elif kind == "onpolicy_step":
         lp = p.replace(lmbda=1.0, gamma_kl=p.gamma_kl or 1.0, beta_mse=0.0)
+    elif kind in ("kd_live_dense_step", "kd_all_dense_step"):
+        lp = p.replace(kd_chunk_size=0, beta_mse=0.0)
+    elif kind in ("kd_live_chunked_step", "kd_all_chunked_step"):
+        lp = p.replace(kd_chunk_size=p.kd_chunk_size or 64, beta_mse=0.0)
+    elif kind == "kd_all_cached_step":
+        lp = p.replace(beta_mse=0.0)
     else:
         lp = p
+    if kind.startswith("kd_all_"):
+        lp = lp.replace(distill_positions="all")
     cfg = training.loss_config(lp, n_student, n_teacher, vocab, pruned_from)
     cfg.positions_per_answer_token = training.positions_per_answer_token(feats)
     projection = None
@@ -80,21 +93,27 @@ def measure(profile: str, kind: str, n_steps: int, k: int) -> dict:
     inputs = dict(batch)
     cache_bytes = 0
     fmt = p.teacher_cache if p.teacher_cache != "none" else "topk"
-    if kind.startswith("kd_cached"):  # the sparse targets a cache would hold for this batch, made once, untimed
+    if kind.startswith("kd_cached") or kind == "kd_all_cached_step":
+        # the sparse targets a cache would hold for this batch, made once, untimed, one example (and 32 rows) at a time so that
+        # the teacher's whole-vocabulary logits (8 x 223 x 262k floats = 1.9 GB at Gemma 3) do not set this
+        # kind's peak RSS
+        gen, per_example = torch.Generator().manual_seed(0), []
         with torch.no_grad():
-            logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                             use_cache=False).logits[:, :-1, :vocab]
-            flat = logits.reshape(-1, logits.shape[-1])
-            targets = teacher_cache.sparse_targets(flat, p.temperature, fmt, k, torch.Generator().manual_seed(0))
-        shape = (*logits.shape[:2], k)
+            for i in range(batch["input_ids"].shape[0]):
+                logits = teacher(input_ids=batch["input_ids"][i:i + 1], attention_mask=batch["attention_mask"][i:i + 1],
+                                 use_cache=False).logits[0, :-1, :vocab]
+                per_example += [teacher_cache.sparse_targets(rows, p.temperature, fmt, k, gen)
+                                for rows in logits.split(32)]  # its sort is 8 bytes per vocabulary entry
+                del logits
+        targets = {key: torch.cat([t[key] for t in per_example]) for key in per_example[0]}
+        shape = (batch["input_ids"].shape[0], batch["input_ids"].shape[1] - 1, k)
         inputs["teacher_ids"] = targets["ids"].long().reshape(shape)
         inputs["teacher_logprobs"] = targets["logprobs"].float().reshape(shape)
         if "counts" in targets:
             inputs["teacher_counts"] = targets["counts"].float().reshape(shape)
         # per stored position: int32 ids + fp16 log-probabilities (+ int16 counts when sampled)
         cache_bytes = sum(t.element_size() * k for t in targets.values())
-        del logits, flat
-    if p.distill_positions == "answer":
+    if lp.distill_positions == "answer":
         kd_rows = torch.cat([batch["labels"][:, 1:] != -100, torch.zeros_like(batch["labels"][:, :1], dtype=torch.bool)], 1)
     else:
         real = batch["attention_mask"].bool()
@@ -120,7 +139,8 @@ def measure(profile: str, kind: str, n_steps: int, k: int) -> dict:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"kind": kind, "median_s": statistics.median(times), "times_s": times, "peak_rss_mb": peak,
             "rss_before_models_mb": rss0, "tokens": tokens, "batch_size": p.batch_size, "k": k, "format": fmt,
-            "distill_positions": p.distill_positions, "kd_rows": int(kd_rows.sum()),
+            "distill_positions": lp.distill_positions,
+            "kd_chunk_size": lp.kd_chunk_size, "kd_rows": int(kd_rows.sum()),
             "cache_bytes_per_token": cache_bytes, "run_name": p.run_name, "threads": torch.get_num_threads()}
 
 
@@ -158,6 +178,13 @@ def main() -> int:
                "live_vs_ce_plus_teacher": live / (ce + fwd), "cached_vs_ce": cached / ce, "live_vs_ce": live / ce,
                "goals": {"kd_live_step_s <= 1.10 x (ce_step_s + teacher_forward_s)": live <= 1.10 * (ce + fwd),
                          "kd_cached_step_s <= 1.05 x ce_step_s": cached <= 1.05 * ce},
+               "chunked_vs_dense": {
+                   where: {"time": out[f"{pre}_chunked_step"]["median_s"] / out[f"{pre}_dense_step"]["median_s"],
+                           "peak_rss": out[f"{pre}_chunked_step"]["peak_rss_mb"] / out[f"{pre}_dense_step"]["peak_rss_mb"]}
+                   for where, pre in (("profile_positions", "kd_live"), ("all_positions", "kd_all"))},
+               "all_cached_vs_all_dense": {
+                   "time": out["kd_all_cached_step"]["median_s"] / out["kd_all_dense_step"]["median_s"],
+                   "peak_rss": out["kd_all_cached_step"]["peak_rss_mb"] / out["kd_all_dense_step"]["peak_rss_mb"]},
                "peak_rss_mb": {k_: v["peak_rss_mb"] for k_, v in out.items()}, "details": out}
     print(f"\nkd_live / (ce + teacher forward) = {summary['live_vs_ce_plus_teacher']:.2f}x   (goal <= 1.10)")
     print(f"kd_cached / ce                    = {summary['cached_vs_ce']:.2f}x   (goal <= 1.05)")
@@ -165,6 +192,10 @@ def main() -> int:
     print(f"on-policy / ce                    = {summary['onpolicy_vs_ce']:.2f}x   (the student samples, the teacher "
           "scores)")
     print(f"cache bytes per token (k = {args.k}): {summary['cache_bytes_per_token']}")
+    for where, r in summary["chunked_vs_dense"].items():
+        print(f"chunked / dense, {where:17}: time {r['time']:.2f}x, peak RSS {r['peak_rss']:.2f}x")
+    r = summary["all_cached_vs_all_dense"]
+    print(f"cached / dense, all positions    : time {r['time']:.2f}x, peak RSS {r['peak_rss']:.2f}x")
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
     report = params.load(args.params).report_dir / "step_cost.json"
