@@ -22,6 +22,7 @@ from conftest import SMOKE_SWEEP, project_env, run_in_project
 from transformers import AutoModelForCausalLM
 
 from distill.report import results
+from distill.study import training
 
 pytestmark = pytest.mark.slow
 RUN = re.compile(r"^Running stage 'pipelines/[^/]+/dvc.yaml:([\w-]+)'", re.M)
@@ -221,14 +222,16 @@ def test_kill_during_training_resumes_to_the_same_result_and_a_second_run_is_ref
         shutil.rmtree(folder / "artifacts" / "smoke" / "students" / "distilled")
     uninterrupted = _start(whole, *args)
     proc = _start(project, *args)
-    _wait_for(lambda: (students / "checkpoint-2" / "trainer_state.json").exists(), proc)
+    # killed once checkpoint-2 is whole: a kill while its trainer_state.json is being written leaves nothing to
+    # resume from, and the run rightly starts over
+    _wait_for(lambda: training.complete_checkpoint(students / "checkpoint-2", needs_projection=False), proc)
     _kill_all(proc)
     assert not (students / "best").exists(), "training finished before the kill: the test proves nothing"
     manifest = project / "reports" / "smoke" / "manifest.json"
     assert json.loads(manifest.read_text())["status"] == "running"  # never a stale "ok"
     # what a kill during a checkpoint save leaves: a later checkpoint without its state and with a 0-byte optimizer
     half = students / "checkpoint-900"
-    complete = max((c for c in students.glob("checkpoint-*") if (c / "trainer_state.json").exists()),
+    complete = max((c for c in students.glob("checkpoint-*") if training.complete_checkpoint(c, False)),
                    key=lambda c: int(c.name.split("-")[1]))  # the Trainer keeps the latest and the best only
     shutil.copytree(complete, half)
     (half / "trainer_state.json").unlink()
