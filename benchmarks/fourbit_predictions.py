@@ -10,8 +10,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the of
 from squad_official_metric import evaluate  # noqa: E402
 
 from distill.core import params, paths  # noqa: E402
-from distill.parts import data  # noqa: E402
+from distill.parts import data, official  # noqa: E402
 from distill.report.capacity_report import load_scores  # noqa: E402
+from distill.report.signal_report import prediction_name  # noqa: E402
 from distill.study import capacity  # noqa: E402
 
 base = params.load("pipelines/fourbit_cpu/params.yaml")
@@ -23,11 +24,9 @@ for precision in base.fidelity_precisions:
     files[f"teacher-{precision}.json"] = json.loads(
         capacity.score_file(capacity.teacher_held(base, precision), "teacher").read_text())
 for s in scores[1:]:
-    files[f"keep{s['layers']}-{s['variant']}-seed{s['seed']}.json"] = s
-dev = {r["id"]: r for r in data.load_squad("validation", base.squad_dir, 0)}
+    files[prediction_name(s["layers"], s["variant"], s["seed"])] = s
 ids = fb["question_ids"]
-dataset = [{"paragraphs": [{"qas": [{"id": q, "answers": [{"text": t} for t in dev[q]["answers"]["text"]]}]}]}
-           for q in ids]
+dataset = official.dev_subset(data.load_squad("validation", base.squad_dir, 0), ids)["data"]
 worst = 0.0
 for name, s in files.items():
     assert s["question_ids"] == ids, name
