@@ -28,8 +28,9 @@ def test_a_bad_precision_is_refused_naming_the_forms_accepted(bad):
         grid_params(fidelity_precisions=["nf4-float32"], teacher_load_in_4bit=True)
     with pytest.raises(params.ParamsError, match="names a precision twice"):
         grid_params(fidelity_precisions=["nf4-float32", "nf4-float32"], teacher_load_in_4bit=False)
-    with pytest.raises(params.ParamsError, match="set capacity_keep"):
-        grid_params(fidelity_precisions=["nf4-float32"], teacher_load_in_4bit=False, capacity_keep=[])
+    with pytest.raises(params.ParamsError, match="latency_prompts: 7 exceeds capacity_questions"):
+        grid_params(fidelity_precisions=["nf4-float32"], teacher_load_in_4bit=False, capacity_keep=[],
+                    capacity_questions=6, latency_prompts=7)
 
 
 def test_each_precision_gets_a_score_and_a_fidelity_stage_and_the_page_reads_them(monkeypatch):
@@ -50,6 +51,13 @@ def test_each_precision_gets_a_score_and_a_fidelity_stage_and_the_page_reads_the
     assert fourbit_report.arm_teacher(p, "ce_only") == "none"
     assert fourbit_report.arm_teacher(p, "kd_nf4dq") == "nf4dq-float32"
     assert "fourbit-report" not in {x.name for x in dvc.stages(grid_params(capacity_arms=ARMS))}
+    # without a grid: the teacher in each precision and the page, no students
+    alone = {x.name: x for x in dvc.stages(grid_params(fidelity_precisions=["nf4-float32"], teacher_load_in_4bit=False,
+                                                       capacity_keep=[]))}
+    assert {n for n in alone if n.startswith(("capacity", "fidelity", "score-capacity", "fourbit"))} == {
+        "capacity-score-teacher", "capacity-score-teacher-nf4-float32", "fidelity-nf4-float32", "fourbit-report"}
+    assert set(alone["fourbit-report"].deps) >= {*alone["fidelity-nf4-float32"].outs,
+                                                 *alone["capacity-score-teacher"].outs}
 
 
 def test_the_fidelity_stage_measures_the_4bit_teacher_against_float32(monkeypatch, tmp_path):

@@ -163,11 +163,12 @@ class StudyParams:
     capacity_arms: dict = _f({}, "capacity grid: the trainings of every size and seed, {arm name: {params key: value}} "
                                  "applied to the run's params (`variant: ce_baseline` marks the CE-only baseline, "
                                  "exactly one arm); empty = ce_baseline and distilled")
-    capacity_questions: int = _f(300, "capacity grid: validation questions every model is scored on", min=1)
+    capacity_questions: int = _f(300, "capacity grid and 4-bit fidelity: validation questions every model is "
+                                      "scored on", min=1)
     latency_prompts: int = _f(24, "questions answered one at a time (batch 1) to time each model's per-request "
                                   "latency: the first N of the scored ones (speed stages: at most bench_size)", min=1)
-    fidelity_precisions: list[str] = _f([], "capacity grid: teacher precisions measured against the float32 teacher "
-                                            "on the scored questions (KL, top-1 agreement, sampled-cache distance, "
+    fidelity_precisions: list[str] = _f([], "4-bit fidelity (with or without a capacity grid): teacher "
+                                            "precisions measured against the float32 teacher on the scored questions (KL, top-1 agreement, sampled-cache distance, "
                                             "EM/F1, load time, memory, latency), e.g. [nf4-float32, nf4dq-float32]: "
                                             "nf4 or nf4dq (double quantisation), then the compute dtype")
 
@@ -208,6 +209,7 @@ class StudyParams:
                     min(self.capacity_seeds) < 0:
                 raise ParamsError(f"capacity_seeds: {self.capacity_seeds}; give distinct seeds >= 0, e.g. [0, 1, 2]")
             self._check_arms()
+        if self.capacity_keep or self.fidelity_precisions:
             if self.latency_prompts > self.capacity_questions:
                 raise ParamsError(f"latency_prompts: {self.latency_prompts} exceeds capacity_questions "
                                   f"({self.capacity_questions}); the timed prompts are a subset of the scored ones")
@@ -220,14 +222,12 @@ class StudyParams:
             raise ParamsError(f"recovery_steps: {self.recovery_steps} needs recovery_size >= 1 (contexts to train on)")
 
     def _check_fidelity(self) -> None:
-        """4-bit teachers are measured on a capacity grid's questions against its float32 teacher."""
+        """4-bit teachers are measured against the run's float32 teacher on its capacity_questions (a grid's, when it
+        has one)."""
         for name in self.fidelity_precisions:
             precision_settings(name)
         if len(set(self.fidelity_precisions)) != len(self.fidelity_precisions):
             raise ParamsError(f"fidelity_precisions: {self.fidelity_precisions} names a precision twice; list each once")
-        if not self.capacity_keep:
-            raise ParamsError("fidelity_precisions measures teachers on a capacity grid's questions; set capacity_keep "
-                              "(e.g. [22]) or leave fidelity_precisions empty")
         if self.teacher_load_in_4bit or self.model_dtype != "float32":
             raise ParamsError("fidelity_precisions measures 4-bit teachers against the run's float32 teacher; set "
                               "teacher_load_in_4bit: false and model_dtype: float32 (an arm may set "

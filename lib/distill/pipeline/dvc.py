@@ -273,8 +273,9 @@ def sweep_stages(base: StudyParams) -> list[Stage]:
 
 
 def capacity_stages(base: StudyParams) -> list[Stage]:
-    """The grid's DVC stages: cut the students, train and score each cell, score the teacher, the report."""
-    if not base.capacity_keep:
+    """The grid's DVC stages: cut the students, train and score each cell, score the teacher, the report; and the
+    teacher's 4-bit fidelity (a run may measure it without a grid: then no students, only the teachers)."""
+    if not base.capacity_keep and not base.fidelity_precisions:
         return []
     rel = lambda path, what="output_dir": project_relative(path, what)  # noqa: E731
     made = [rel(d) for d in base_models_dirs(base)]
@@ -282,7 +283,8 @@ def capacity_stages(base: StudyParams) -> list[Stage]:
     out = [Stage("capacity-students", ["capacity-students"],
                  RUNTIME + ["capacity_keep", "prune_method", "prune_keep_full_attention", "teacher", "teacher_finetune"],
                  deps=[*ENGINE, *made], outs=[rel(capacity.student_dir(base, k)) for k in base.capacity_keep],
-                 title=f"Capacity grid: students of {', '.join(map(str, sorted(base.capacity_keep)))} layers")]
+                 title=f"Capacity grid: students of {', '.join(map(str, sorted(base.capacity_keep)))} layers")
+           ] if base.capacity_keep else []
     keys = [k for k in SCORING if k != "bench_size"] + ["capacity_questions", "latency_prompts"]
     score_files = [rel(capacity.score_file(base, "teacher"))]
     out.append(Stage("capacity-score-teacher", ["capacity-score", "teacher"],
@@ -319,20 +321,22 @@ def capacity_stages(base: StudyParams) -> list[Stage]:
                              deps=[*ENGINE, *train.persist, student, *teacher_dir], outs=[f],
                              title=f"Capacity grid: {keep} layers, seed {seed}, {variant}"))
     rep = rel(base.report_dir, "reports")
-    if base.capacity_arms:  # the signal grid: arms compared per size
-        notebook, title = "05_signal", "Which of the teacher's signals pays, at which size?"
-        files = ["signal.json", "signal_table.csv", "signal_gains.png",
-                 f"{signal_report.PREDICTIONS_DIR}/{signal_report.prediction_name(None, 'teacher', None)}",
-                 *(f"{signal_report.PREDICTIONS_DIR}/{signal_report.prediction_name(k, a, s)}"
-                   for k, s in capacity.cells(base) for a in capacity.arms(base))]
-    else:
-        notebook, title, files = "04_capacity", "Capacity: how small can the student get?", list(capacity.REPORT_FILES)
-    out.append(Stage("capacity-report", ["capacity-report"],
-                     ["run_name", "capacity_keep", "capacity_seeds", "capacity_questions",
-                      *(["capacity_arms"] if base.capacity_arms else [])],
-                     deps=[*notebook_code(notebook), *score_files],
-                     reports=[f"{rep}/{f}" for f in files] + [f"{rel(base.run_dir)}/executed/{notebook}.ipynb"],
-                     notebook=notebook, report=notebook, title=title))
+    if base.capacity_keep:
+        if base.capacity_arms:  # the signal grid: arms compared per size
+            notebook, title = "05_signal", "Which of the teacher's signals pays, at which size?"
+            files = ["signal.json", "signal_table.csv", "signal_gains.png",
+                     f"{signal_report.PREDICTIONS_DIR}/{signal_report.prediction_name(None, 'teacher', None)}",
+                     *(f"{signal_report.PREDICTIONS_DIR}/{signal_report.prediction_name(k, a, s)}"
+                       for k, s in capacity.cells(base) for a in capacity.arms(base))]
+        else:
+            notebook, title, files = ("04_capacity", "Capacity: how small can the student get?",
+                                      list(capacity.REPORT_FILES))
+        out.append(Stage("capacity-report", ["capacity-report"],
+                         ["run_name", "capacity_keep", "capacity_seeds", "capacity_questions",
+                          *(["capacity_arms"] if base.capacity_arms else [])],
+                         deps=[*notebook_code(notebook), *score_files],
+                         reports=[f"{rep}/{f}" for f in files] + [f"{rel(base.run_dir)}/executed/{notebook}.ipynb"],
+                         notebook=notebook, report=notebook, title=title))
     if base.fidelity_precisions:
         files = ["fourbit.json", "fourbit_fidelity.png"]
         out.append(Stage("fourbit-report", ["fourbit-report"],
