@@ -23,7 +23,7 @@ export SQUAD_DIR ?= $(wildcard $(abspath ../shared/data/squad))
 export PYTHONUNBUFFERED := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup browser test test-fast study sweep capacity signal fourbit gemma smoke status dag validate params lab notebooks bench-loss bench-step bench-processes clean
+.PHONY: help setup browser test test-fast study sweep capacity signal fourbit fourbit-gemma gemma smoke status dag validate params lab notebooks bench-loss bench-step bench-processes clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -64,6 +64,9 @@ signal: setup ## the signal grid: which of the teacher's signals (teacher answer
 
 fourbit: setup ## what a 4-bit (NF4) teacher costs: its fidelity to float32 and the students it teaches; reports/fourbit_cpu/06_fourbit.html
 	$(PY) -m distill run params/$(FOURBIT_PROFILE).yaml --only fourbit-report
+
+fourbit-gemma: setup ## the Gemma 3 teacher's fidelity in NF4 against float32 (no students); reports/gemma3-270m_to_pruned12_cpu/06_fourbit.html
+	$(PY) -m distill run params/$(GEMMA_PROFILE).yaml --only fourbit-report
 
 gemma: setup ## the Gemma family offline: Gemma 3 270M (real weights, 262k words) tuned, cut to 12 layers, distilled; reports/gemma3-270m_to_pruned12_cpu/
 	$(PY) -m distill run params/$(GEMMA_PROFILE).yaml

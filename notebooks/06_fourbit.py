@@ -13,6 +13,7 @@ capacity_questions: int = 300  # validation questions every model answers
 fidelity_precisions: list = []  # the 4-bit teachers measured against float32, e.g. [nf4-float32, nf4dq-float32]
 
 # %%
+import pandas as pd
 from IPython.display import HTML, display
 
 from distill.core import params
@@ -22,14 +23,16 @@ from distill.study import layout
 p = layout.notebook_params(params.from_notebook(globals()))
 run = layout.pipeline_run(p)  # the run whose stages scored the teachers and trained the students
 fourbit = fourbit_report.collect(run)
-students = fourbit_report.analyse(fourbit)
-fourbit_file = fourbit_report.write(p, fourbit, students)  # fourbit.json beside this page
+students = fourbit_report.analyse(fourbit)  # each 4-bit arm against its float32 twin
+arms = fourbit_report.arms_summary(fourbit)  # every arm against CE-only
+fourbit_file = fourbit_report.write(p, fourbit, students, arms)  # fourbit.json and the predictions beside this page
 
 # %% tags=["summary"]
 fig = plots.fourbit_fidelity(fourbit, students, f"{p.run_name}: the 4-bit teacher against float32, on "
-                                                f"{len(fourbit['question_ids'])} SQuAD validation questions")
+                                                f"{len(fourbit['question_ids'])} SQuAD validation questions",
+                             fourbit_report.teacher_differences(fourbit))
 plots.save(fig, p.report_dir, "fourbit_fidelity", show=False)
-summaries.show("\n".join(f"- {line}" for line in fourbit_report.headline(fourbit, students)),
+summaries.show("\n".join(f"- {line}" for line in fourbit_report.headline(fourbit, students, arms)),
                p.report_dir / "fourbit_fidelity.png")
 
 # %% [markdown]
@@ -39,21 +42,24 @@ summaries.show("\n".join(f"- {line}" for line in fourbit_report.headline(fourbit
 # same token first. Cache distance: total variation between the sampled sparse targets (k draws) the teacher cache
 # would store from each teacher, drawn with the same random numbers; the noise floor is the same distance between
 # two caches of the float32 teacher drawn with different random numbers. EM/F1 and answer loss on the scored
-# questions; load time, peak memory (the scoring process) and batch-1 latency (median) on this machine.
+# questions; load time, peak memory (the scoring process) and batch-1 latency (median) on this machine. Below it,
+# each 4-bit teacher's F1 minus float32's on the same questions, with a 95% t interval over questions.
 
 # %%
 display(HTML(fourbit_report.fidelity_table(fourbit).round(4).to_html(index=False, na_rep="")))
+display(HTML(pd.DataFrame(fourbit_report.teacher_differences(fourbit)).round(2).to_html(index=False)))
 
 # %% [markdown]
 # ## The students
-# Each 4-bit arm against its float32 twin (the same settings but the teacher's precision): the F1 difference per
+# Every arm against the CE-only baseline (no teacher): mean over seeds, and the F1 difference paired per seed and
+# question with a 95% t interval over questions. Then each 4-bit arm against its float32 twin (the same settings but the teacher's precision): the F1 difference per
 # question averaged over seeds, with a 95% t interval over questions (the seeds held fixed: the per-seed differences
 # in `fourbit.json` show the training's own spread); the answer-loss difference averaged over seeds. The cache
 # distance draws both teachers' caches with the same random numbers, the noise floor with different ones: a
 # distance below the floor still measures a difference in the distributions, not its absence.
 
 # %%
-display(HTML(fourbit_report.students_table(students).round(3).to_html(index=False, na_rep="")))
+display(HTML(fourbit_report.students_html(students, arms)))
 
 # %% [markdown]
 # ## How it was measured
@@ -62,4 +68,4 @@ display(HTML(fourbit_report.students_table(students).round(3).to_html(index=Fals
 # - The students: cut from the float32 teacher, each arm's LoRA adapter trained on the same gold examples in the
 #   same order for the same number of steps, its divergence's targets read from the cache its own teacher filled.
 # - `fourbit.json` beside this page holds every teacher's and student's F1 per question, so every interval can be
-#   recomputed.
+#   recomputed; `fourbit_predictions/` holds their answers in the official SQuAD v1.1 format.

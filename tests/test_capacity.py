@@ -94,7 +94,8 @@ def score(variant, layers, seed, f1s, params_m, loss=1.0, latency=100.0):
             "latency_batch1_ms_median": latency, "latency_batch1_ms_p90": latency * 1.2, "latency_batch1_prompts": 4,
             "latency_batch1_fixed_ms_median": latency * 1.5, "latency_batch1_fixed_ms_p90": latency * 1.8,
             "throughput_batched_examples_per_s": 1.0, "question_ids": [f"q{i}" for i in range(n)],
-            "f1_per_question": list(f1s), "em_per_question": [float(f == 1) for f in f1s]}
+            "f1_per_question": list(f1s), "em_per_question": [float(f == 1) for f in f1s],
+            "predictions": {f"q{i}": f"{variant} {seed} answer {i}" for i in range(n)}}
 
 
 RNG = np.random.default_rng(0)

@@ -8,7 +8,7 @@ from test_capacity import grid_params, score
 
 from distill.core import params, paths
 from distill.pipeline import dvc
-from distill.report import fourbit_report, stats
+from distill.report import fourbit_report, plots, stats
 from distill.study import capacity, scoring, sweep
 
 ARMS = {"ce_only": {"variant": "ce_baseline"}, "kd": {},
@@ -121,7 +121,60 @@ def test_the_students_of_the_4bit_teacher_are_paired_with_their_float32_twins(mo
         pytest.approx((low, high))
     assert diff["f1_diff_resolved"] and diff["f1_diff"] < 0 and diff["reference_arm"] == "kd"
     assert diff["answer_loss_diff"] == pytest.approx(0.1)
-    lines = fourbit_report.headline(fourbit, [diff])
+    # every arm against CE-only, the baseline first
+    arms = fourbit_report.arms_summary(fourbit)
+    assert [a["arm"] for a in arms] == ["ce_only", "kd", "kd_nf4"] and "f1_vs_baseline" not in arms[0]
+    d_ce = 100 * np.array([by[("kd", s)] - by[("ce_only", s)] for s in (0, 1, 2)])
+    assert arms[1]["f1_vs_baseline"] == pytest.approx(d_ce.mean())
+    assert (arms[1]["f1_vs_baseline_ci95_low"], arms[1]["f1_vs_baseline_ci95_high"]) == pytest.approx(
+        stats.ci95(list(d_ce.mean(axis=0))))
+    # the 4-bit teacher's own F1 against float32's, paired over questions
+    [tdiff] = fourbit_report.teacher_differences(fourbit)
+    assert tdiff["f1_diff"] == pytest.approx(100 * (np.clip(teacher_q - 0.01, 0, 1) - teacher_q).mean())
+    lines = fourbit_report.headline(fourbit, [diff], arms)
     assert "KL from float32 0.0300 at T 1, 0.0100 at T 2" in lines[1] and "93.0%" in lines[1]
+    assert f"({tdiff['f1_diff']:+.1f} [" in lines[1]
     assert "0.56x" in lines[1]  # its peak memory against float32's
     assert lines[2].startswith("Students of 2 layers taught by the nf4-float32 teacher (kd_nf4) minus")
+    assert lines[3].startswith("Against CE-only at 2 layers") and f"kd (float32) F1 {arms[1]['f1']:.1f}" in lines[3]
+    # fourbit.json beside the predictions of every teacher and student, in the official format
+    monkeypatch.setattr(type(p), "report_dir", property(lambda self: tmp_path / "report"))
+    out = json.loads(fourbit_report.write(p, fourbit, [diff], arms).read_text())
+    assert "predictions" not in out and out["arms"][1]["arm"] == "kd"
+    for rec in out["fidelity"] + out["students"]:
+        written = json.loads((tmp_path / "report" / rec["predictions_file"]).read_text())
+        assert set(written) == set(fourbit["question_ids"])
+    assert {r["predictions_file"] for r in out["fidelity"]} == {
+        "fourbit_predictions/teacher-float32.json", "fourbit_predictions/teacher-nf4-float32.json"}
+    assert json.loads((tmp_path / "report/fourbit_predictions/keep2-kd_nf4-seed1.json").read_text())["q5"] == \
+        "kd_nf4 1 answer 5"
+
+
+def test_a_run_without_a_grid_measures_the_teacher_alone(monkeypatch, tmp_path):
+    p = grid_params(capacity_keep=[], capacity_questions=120, fidelity_precisions=["nf4-float32"],
+                    teacher_load_in_4bit=False)
+    score_file, fidelity_file = capacity.score_file, capacity.fidelity_file
+    monkeypatch.setattr(capacity, "score_file", lambda *a: tmp_path / score_file(*a).relative_to(paths.PROJECT_ROOT))
+    monkeypatch.setattr(capacity, "fidelity_file", lambda *a: tmp_path / fidelity_file(*a).relative_to(paths.PROJECT_ROOT))
+    teacher_q = np.random.default_rng(4).uniform(0.3, 1.0, 120)
+    files = {capacity.score_file(p, "teacher"): {**score("teacher", 4, 0, teacher_q, 10.0), "load_s": 1.0,
+                                                 "peak_rss_mb": 900.0, "answer_tokens": 40},
+             capacity.score_file(capacity.teacher_held(p, "nf4-float32"), "teacher"): {
+                 **score("teacher", 4, 0, teacher_q * 0.8, 10.0), "load_s": 2.0, "peak_rss_mb": 500.0},
+             capacity.fidelity_file(p, "nf4-float32"): {
+                 "rows": 40, "kl": {"1.0": {"mean": 0.2, "p90": 0.5}, "2.0": {"mean": 0.1, "p90": 0.2}},
+                 "top1_agreement": 0.9, "cache_distance": {"mean": 0.7, "p90": 1.0},
+                 "cache_noise_floor": {"mean": 0.7, "p90": 1.0}}}
+    for f, content in files.items():
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(json.dumps(content))
+    fourbit = fourbit_report.collect(p)
+    assert fourbit["students"] == [] and fourbit["pairs"] == {} and len(fourbit["fidelity"]) == 4
+    assert fourbit_report.analyse(fourbit) == [] and fourbit_report.arms_summary(fourbit) == []
+    [tdiff] = fourbit_report.teacher_differences(fourbit)
+    assert tdiff["f1_diff"] == pytest.approx(-20 * teacher_q.mean()) and tdiff["f1_diff_resolved"]
+    lines = fourbit_report.headline(fourbit, [], [])
+    assert "trains no students" in lines[-1] and len(lines) == 3
+    assert "trains no students" in fourbit_report.students_html([], [])
+    fig = plots.fourbit_fidelity(fourbit, [], "t", [tdiff])
+    assert fig.axes[1].get_title().startswith("The teacher's answers")

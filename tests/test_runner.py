@@ -66,6 +66,24 @@ def test_index_says_the_run_failed_and_names_the_failure(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "reports" / "failing" / "manifest.json").read_text())["status"] == "failed"
 
 
+def test_index_says_what_the_profile_of_its_name_can_and_cannot_show(tmp_path, monkeypatch):
+    monkeypatch.setattr(paths, "REPORTS_DIR", tmp_path / "reports")
+    monkeypatch.setattr(paths, "PARAMS_DIR", tmp_path / "params")
+    (tmp_path / "params").mkdir()
+    (tmp_path / "params" / "big_vocab.yaml").write_text(
+        "# A profile with a 262k-word teacher.\n# What it does not show: a small student.\n# Run: make x\n"
+        "# Results: reports/big_vocab/index.html\nseed: 0  # not a description\n# later comment\n")
+    manifest = {"run_name": "big_vocab", "status": "ok", "start": "s", "end": "e", "wall_s": 1.0,
+                "git": {"commit": "abc", "dirty": False}, "steps": []}
+    index = runner.write_index(params.from_mapping({"run_name": "big_vocab"}), manifest).read_text()
+    about = index[index.index("<section id='about'>"):]
+    about = about[:about.index("</section>")]
+    assert "A profile with a 262k-word teacher. What it does not show: a small student." in about
+    assert "make x" not in about and "later comment" not in about and "not a description" not in about
+    other = runner.write_index(params.from_mapping({"run_name": "renamed"}), {**manifest, "run_name": "renamed"})
+    assert "id='about'" not in other.read_text()  # no profile of that name: no claim about it
+
+
 def test_secrets_are_redacted(monkeypatch):
     token = "hf_" + "A1b2" * 9
     monkeypatch.setenv("HF_TOKEN", token)

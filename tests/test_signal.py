@@ -316,6 +316,8 @@ def test_a_signal_grid_runs_end_to_end_and_its_page_opens_with_the_answer(tmp_pa
     assert {(s["arm"], s["teacher"]) for s in fourbit["students"]} == {
         ("ce_only", "none"), ("seqkd", "float32"), ("kd_teacher", "float32"), ("kd_nf4", "nf4-float32")}
     [diff] = fourbit["student_differences"]
+    for rec in fourbit["fidelity"] + fourbit["students"]:  # every teacher's and student's answers beside it
+        assert set(json.loads((report / rec["predictions_file"]).read_text())) == set(fourbit["question_ids"])
     assert (diff["arm"], diff["reference_arm"], diff["seeds"]) == ("kd_nf4", "kd_teacher", 1)
     page = (report / "06_fourbit.html").read_text()
     assert "Traceback" not in page

@@ -30,7 +30,7 @@ import yaml
 from distill.core import paths, procs
 from distill.core.params import PRECISION_KEYS, ParamsError, StudyParams, from_mapping
 from distill.parts import data, teacher_answers, teacher_cache
-from distill.report import signal_report, sweeps
+from distill.report import fourbit_report, signal_report, sweeps
 from distill.report.results import METRICS
 from distill.study import capacity, sweep
 from distill.study.cache import answer_users, cache_users
@@ -338,7 +338,11 @@ def capacity_stages(base: StudyParams) -> list[Stage]:
                          reports=[f"{rep}/{f}" for f in files] + [f"{rel(base.run_dir)}/executed/{notebook}.ipynb"],
                          notebook=notebook, report=notebook, title=title))
     if base.fidelity_precisions:
-        files = ["fourbit.json", "fourbit_fidelity.png"]
+        files = ["fourbit.json", "fourbit_fidelity.png",
+                 *(f"{fourbit_report.PREDICTIONS_DIR}/{fourbit_report.teacher_prediction_name(t)}"
+                   for t in [fourbit_report.REFERENCE, *base.fidelity_precisions]),
+                 *(f"{fourbit_report.PREDICTIONS_DIR}/{signal_report.prediction_name(k, a, s)}"
+                   for k, s in capacity.cells(base) for a in capacity.arms(base))]
         out.append(Stage("fourbit-report", ["fourbit-report"],
                          ["run_name", "teacher", "capacity_keep", "capacity_seeds", "capacity_questions",
                           "capacity_arms", "fidelity_precisions", "temperature"],

@@ -6,8 +6,9 @@ precision against float32 on the gold answers' tokens (KL at T 1 and at the run'
 between the sampled caches each would store, beside the sampling's own noise floor). Its arms train students from
 each teacher's cache; an arm held in 4 bits is paired with its float32 twin (the same settings but the precision):
 the F1 difference per question averaged over seeds, with a t interval over questions, and the answer-loss
-difference per seed. Written as `fourbit.json`: {"fidelity": [...], "students": [...]}, every student with its F1
-per question.
+difference per seed; every arm, the CE-only baseline among them, against that baseline. A run without a grid
+measures the teachers alone. Written as `fourbit.json`: {"fidelity": [...], "students": [...]}, every teacher and
+student with its F1 per question and its predictions in the official format (`fourbit_predictions/`).
 """
 from __future__ import annotations
 
@@ -24,9 +25,15 @@ from distill.core import paths
 from distill.core.params import PRECISION_KEYS, StudyParams
 from distill.report import stats
 from distill.report.capacity_report import json_default, load_scores, same_questions
+from distill.report.signal_report import prediction_name
 from distill.study import capacity
 
 REFERENCE = "float32"
+PREDICTIONS_DIR = "fourbit_predictions"
+
+
+def teacher_prediction_name(precision: str) -> str:
+    return f"teacher-{precision}.json"
 
 
 def family(base: StudyParams) -> str:
@@ -52,8 +59,10 @@ def twin(base: StudyParams, arm: str) -> str | None:
 
 
 def collect(base: StudyParams) -> dict[str, Any]:
-    """fourbit.json's content: per teacher precision and temperature its fidelity and scores; every student."""
-    scores = load_scores(base)
+    """fourbit.json's content: per teacher precision and temperature its fidelity and scores; every student (none
+    in a run without a grid); under "predictions", each model's answers by the file name they are written to."""
+    scores = load_scores(base) if base.capacity_keep else [
+        json.loads(capacity.score_file(base, "teacher").read_text(encoding="utf-8"))]
     ids = same_questions(scores)
     teachers = {REFERENCE: scores[0]}
     for precision in base.fidelity_precisions:
@@ -79,18 +88,70 @@ def collect(base: StudyParams) -> dict[str, Any]:
                 "load_s": s["load_s"], "peak_rss_mb": s["peak_rss_mb"],
                 "latency_batch1_ms_median": s["latency_batch1_ms_median"],
                 "throughput_batched_examples_per_s": s["throughput_batched_examples_per_s"],
+                "predictions_file": f"{PREDICTIONS_DIR}/{teacher_prediction_name(precision)}",
                 "f1_per_question": dict(zip(s["question_ids"], s["f1_per_question"]))})
-    students = [{"family": name, "teacher": arm_teacher(base, s["variant"]), "arm": s["variant"], "seed": s["seed"],
-                 "layers": s["layers"], "f1": s["f1"], "exact_match": s["exact_match"],
-                 "answer_loss": s["answer_loss"], "f1_per_question": dict(zip(s["question_ids"], s["f1_per_question"]))}
-                for s in scores[1:]]
+    predictions = {teacher_prediction_name(precision): s["predictions"] for precision, s in teachers.items()}
+    students = []
+    for s in scores[1:]:
+        file = prediction_name(s["layers"], s["variant"], s["seed"])
+        predictions[file] = s["predictions"]
+        students.append({"family": name, "teacher": arm_teacher(base, s["variant"]), "arm": s["variant"],
+                         "seed": s["seed"], "layers": s["layers"], "f1": s["f1"], "exact_match": s["exact_match"],
+                         "answer_loss": s["answer_loss"], "predictions_file": f"{PREDICTIONS_DIR}/{file}",
+                         "f1_per_question": dict(zip(s["question_ids"], s["f1_per_question"]))})
+    arms = capacity.arms(base) if base.capacity_keep else {}
     return {"question_ids": ids, "fidelity": fidelity, "students": students,
-            "pairs": {arm: twin(base, arm) for arm in capacity.arms(base) if arm_teacher(base, arm) not in
-                      (REFERENCE, "none")}}
+            "baseline_arm": capacity.baseline_arm(base) if arms else None,
+            "pairs": {arm: twin(base, arm) for arm in arms if arm_teacher(base, arm) not in (REFERENCE, "none")},
+            "predictions": predictions}
+
+
+def teacher_differences(fourbit: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each 4-bit teacher's F1 minus the float32 teacher's on the same questions, with a 95% t interval over
+    questions."""
+    ids = fourbit["question_ids"]
+    per_q = {r["teacher"]: 100.0 * np.array([r["f1_per_question"][q] for q in ids]) for r in fourbit["fidelity"]}
+    out = []
+    for precision, f1 in per_q.items():
+        if precision != REFERENCE:
+            g = stats.paired_gain(f1[None, :], per_q[REFERENCE][None, :])
+            out.append({"teacher": precision, "f1_diff": g["gain"], "f1_diff_ci95_low": g["low"],
+                        "f1_diff_ci95_high": g["high"], "f1_diff_resolved": g["resolved"]})
+    return out
+
+
+def arms_summary(fourbit: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per size and arm (the CE-only baseline first): its teacher, mean EM/F1/answer loss over seeds, and its F1
+    minus the baseline's, paired per seed and question, with a 95% t interval over questions."""
+    if not fourbit["students"]:
+        return []
+    ids, base_arm = fourbit["question_ids"], fourbit["baseline_arm"]
+    df = pd.DataFrame(fourbit["students"])
+    out = []
+    for layers in sorted(df["layers"].unique(), reverse=True):
+        at = df[df["layers"] == layers]
+        ref = at[at["arm"] == base_arm].set_index("seed")
+        for arm in sorted(at["arm"].unique(), key=lambda a: (a != base_arm, a)):
+            a = at[at["arm"] == arm].set_index("seed")
+            row = {"layers": int(layers), "arm": arm, "teacher": a["teacher"].iloc[0], "seeds": len(a),
+                   "exact_match": float(a["exact_match"].mean()), "f1": float(a["f1"].mean()),
+                   "f1_sd": float(a["f1"].std()) if len(a) > 1 else float("nan"),
+                   "answer_loss": float(a["answer_loss"].mean())}
+            seeds = sorted(set(a.index) & set(ref.index))
+            if arm != base_arm and seeds:
+                matrix = lambda recs: 100.0 * np.array([[recs.loc[s, "f1_per_question"][q] for q in ids]  # noqa: E731
+                                                        for s in seeds])
+                g = stats.paired_gain(matrix(a), matrix(ref))
+                row.update(f1_vs_baseline=g["gain"], f1_vs_baseline_ci95_low=g["low"],
+                           f1_vs_baseline_ci95_high=g["high"])
+            out.append(row)
+    return out
 
 
 def analyse(fourbit: dict[str, Any]) -> list[dict[str, Any]]:
     """Per size and 4-bit arm: its students minus its float32 twin's, paired per seed and question."""
+    if not fourbit["students"]:
+        return []
     ids = fourbit["question_ids"]
     df = pd.DataFrame(fourbit["students"])
     out = []
@@ -120,19 +181,24 @@ def analyse(fourbit: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def headline(fourbit: dict[str, Any], students: list[dict[str, Any]]) -> list[str]:
+def headline(fourbit: dict[str, Any], students: list[dict[str, Any]],
+             arms: list[dict[str, Any]] | None = None) -> list[str]:
     """The answer: what each 4-bit teacher moves in the teacher's distribution and in its students."""
     fid = pd.DataFrame(fourbit["fidelity"])
     ref = fid[fid["teacher"] == REFERENCE].iloc[0]
-    lines = [f"{ref['family']} teacher in float32: F1 {ref['f1']:.1f}, answer loss {ref['answer_loss']:.3f} nats, "
-             f"{ref['peak_rss_mb']:.0f} MB peak, {ref['latency_batch1_ms_median']:.0f} ms per answer at batch 1."]
+    n = len(fourbit["question_ids"])
+    lines = [f"{ref['family']} teacher in float32: F1 {ref['f1']:.1f} on {n} questions, answer loss "
+             f"{ref['answer_loss']:.3f} nats, {ref['peak_rss_mb']:.0f} MB peak, {ref['latency_batch1_ms_median']:.0f} "
+             "ms per answer at batch 1."]
+    diffs = {d["teacher"]: d for d in teacher_differences(fourbit)}
     for precision in [p for p in fid["teacher"].unique() if p != REFERENCE]:
         rows = fid[fid["teacher"] == precision].sort_values("temperature")
-        r = rows.iloc[0]
+        r, d = rows.iloc[0], diffs[precision]
         kl = ", ".join(f"{x['kl_mean']:.4f} at T {x['temperature']:g}" for _, x in rows.iterrows())
         lines.append(f"{precision}: KL from float32 {kl} nats per answer token (p90 {r['kl_p90']:.4f} at T "
                      f"{r['temperature']:g}); same top token {100 * r['top1_agreement']:.1f}% of the time; F1 "
-                     f"{r['f1']:.1f} ({r['f1'] - ref['f1']:+.1f}); {r['peak_rss_mb']:.0f} MB peak "
+                     f"{r['f1']:.1f} ({d['f1_diff']:+.1f} [{d['f1_diff_ci95_low']:+.1f}, {d['f1_diff_ci95_high']:+.1f}]"
+                     f"); {r['peak_rss_mb']:.0f} MB peak "
                      f"({r['peak_rss_mb'] / ref['peak_rss_mb']:.2f}x), {r['latency_batch1_ms_median']:.0f} ms at batch 1 "
                      f"({r['latency_batch1_ms_median'] / ref['latency_batch1_ms_median']:.2f}x).")
     for s in students:
@@ -141,6 +207,17 @@ def headline(fourbit: dict[str, Any], students: list[dict[str, Any]]) -> list[st
                      f"taught by float32 ({s['reference_arm']}): F1 {s['f1_diff']:+.1f} [{s['f1_diff_ci95_low']:+.1f}, "
                      f"{s['f1_diff_ci95_high']:+.1f}] over {s['seeds']} seeds x {s['n_questions']} questions "
                      f"({verdict}); answer loss {s['answer_loss_diff']:+.3f} nats.")
+    for layers in sorted({a["layers"] for a in arms or []}, reverse=True):
+        at = [a for a in arms if a["layers"] == layers]
+        if at[0]["arm"] != fourbit["baseline_arm"]:
+            continue
+        gains = "; ".join(f"{a['arm']} ({a['teacher']}) F1 {a['f1']:.1f}, {a['f1_vs_baseline']:+.1f} "
+                          f"[{a['f1_vs_baseline_ci95_low']:+.1f}, {a['f1_vs_baseline_ci95_high']:+.1f}]"
+                          for a in at if "f1_vs_baseline" in a)
+        lines.append(f"Against CE-only at {layers} layers (F1 {at[0]['f1']:.1f}, no teacher): {gains}.")
+    if not fourbit["students"]:
+        lines.append("This run trains no students: it measures the teacher alone. What a 4-bit teacher's students "
+                     "inherit is measured where distillation pays (the fourbit_cpu run).")
     return lines
 
 
@@ -154,6 +231,15 @@ def fidelity_table(fourbit: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def arms_table(arms: list[dict[str, Any]]) -> pd.DataFrame:
+    rows = [{"layers": a["layers"], "arm": a["arm"], "teacher": a["teacher"], "seeds": a["seeds"],
+             "EM": a["exact_match"], "F1": a["f1"], "F1 sd over seeds": a["f1_sd"], "answer loss": a["answer_loss"],
+             "F1 minus CE-only [95% CI]": (f"{a['f1_vs_baseline']:+.1f} [{a['f1_vs_baseline_ci95_low']:+.1f}, "
+                                           f"{a['f1_vs_baseline_ci95_high']:+.1f}]" if "f1_vs_baseline" in a else "")}
+            for a in arms]
+    return pd.DataFrame(rows)
+
+
 def students_table(students: list[dict[str, Any]]) -> pd.DataFrame:
     rows = [{"layers": s["layers"], "arm": s["arm"], "teacher": s["teacher"], "against": s["reference_arm"],
              "seeds": s["seeds"], "questions": s["n_questions"], "F1": s["f1"], "F1 (float32-taught)": s["reference_f1"],
@@ -162,8 +248,23 @@ def students_table(students: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def write(base: StudyParams, fourbit: dict[str, Any], students: list[dict[str, Any]]) -> Path:
-    out = {**fourbit, "headline": headline(fourbit, students), "student_differences": students}
+def students_html(students: list[dict[str, Any]], arms: list[dict[str, Any]]) -> str:
+    """The page's students section: every arm against CE-only, then each 4-bit arm against its float32 twin."""
+    if not arms:
+        return ("<p>This run trains no students: it measures the teacher alone. The students a 4-bit teacher teaches "
+                "are measured where distillation pays, in the fourbit_cpu run (make fourbit).</p>")
+    return (arms_table(arms).round(3).to_html(index=False, na_rep="") + "<p></p>" +
+            students_table(students).round(3).to_html(index=False, na_rep=""))
+
+
+def write(base: StudyParams, fourbit: dict[str, Any], students: list[dict[str, Any]],
+          arms: list[dict[str, Any]]) -> Path:
+    """reports/<run>/fourbit.json and every model's predictions in the official format beside it."""
+    for name, predictions in fourbit["predictions"].items():
+        paths.write_text_atomic(base.report_dir / PREDICTIONS_DIR / name,
+                                json.dumps(predictions, indent=0, sort_keys=True))
+    out = {**{k: v for k, v in fourbit.items() if k != "predictions"}, "headline": headline(fourbit, students, arms),
+           "teacher_differences": teacher_differences(fourbit), "arms": arms, "student_differences": students}
     f = base.report_dir / "fourbit.json"
     paths.write_text_atomic(f, json.dumps(out, indent=1, default=json_default))
     return f

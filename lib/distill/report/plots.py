@@ -303,10 +303,12 @@ def signal_gains(result: dict[str, Any], title: str):
     return fig
 
 
-def fourbit_fidelity(fourbit: dict[str, Any], students: list[dict[str, Any]], title: str):
+def fourbit_fidelity(fourbit: dict[str, Any], students: list[dict[str, Any]], title: str,
+                     teachers: list[dict[str, Any]] | None = None):
     """Left: each 4-bit teacher's KL from the float32 teacher per answer token (bars: mean, ticks: 90th
     percentile) at each temperature. Right: its students' F1 minus the float32 teacher's students', 95% interval
-    over questions, each seed as a dot."""
+    over questions, each seed as a dot; in a run without students, each 4-bit teacher's own F1 minus float32's
+    (`teachers`: fourbit_report.teacher_differences)."""
     fid = [r for r in fourbit["fidelity"] if r["teacher"] != "float32"]
     precisions = list(dict.fromkeys(r["teacher"] for r in fid))
     temps = sorted({r["temperature"] for r in fid})
@@ -322,12 +324,19 @@ def fourbit_fidelity(fourbit: dict[str, Any], students: list[dict[str, Any]], ti
     left.set_title("The teacher's distribution (bars: mean; ticks: p90)", fontsize=9)
     left.legend(fontsize=8)
     left.grid(axis="y", alpha=0.3)
-    for i, s in enumerate(students):
-        _gain_bar(right, i, s["f1_diff"], s["f1_diff_ci95_low"], s["f1_diff_ci95_high"], s["f1_diff_per_seed"])
+    if students:
+        for i, s in enumerate(students):
+            _gain_bar(right, i, s["f1_diff"], s["f1_diff_ci95_low"], s["f1_diff_ci95_high"], s["f1_diff_per_seed"])
+        right.set_xticks(range(len(students)), [f"{s['teacher']}\n{s['layers']} layers" for s in students], fontsize=8)
+        right.set_ylabel("student F1 minus float32-taught")
+        right.set_title("What the student inherits", fontsize=9)
+    else:
+        for i, t in enumerate(teachers or []):
+            _gain_bar(right, i, t["f1_diff"], t["f1_diff_ci95_low"], t["f1_diff_ci95_high"], [])
+        right.set_xticks(range(len(teachers or [])), [t["teacher"] for t in teachers or []], fontsize=8)
+        right.set_ylabel("teacher F1 minus float32 (95% CI)")
+        right.set_title("The teacher's answers (no students in this run)", fontsize=9)
     right.axhline(0, color="black", linewidth=0.8)
-    right.set_xticks(range(len(students)), [f"{s['teacher']}\n{s['layers']} layers" for s in students], fontsize=8)
-    right.set_ylabel("student F1 minus float32-taught")
-    right.set_title("What the student inherits", fontsize=9)
     right.grid(axis="y", alpha=0.3)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()

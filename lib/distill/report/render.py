@@ -189,6 +189,22 @@ def _headline(p, report_dir: Path) -> tuple[str, list[str]]:
     return "<p>No results yet: the run has not reached its benchmark.</p>", []
 
 
+def profile_about(run_name: str) -> str:
+    """What the profile of the run's name (params/<run_name>.yaml) says it is, shows and does not show: its leading
+    comment, without the lines that say how to run it and where its results go. Empty when there is no such profile
+    (a run renamed with --set run_name=...)."""
+    f = paths.PARAMS_DIR / f"{run_name}.yaml"
+    if not f.exists():
+        return ""
+    lines = []
+    for line in f.read_text(encoding="utf-8").splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line[1:].strip())
+    kept = [x for x in lines if not x.startswith(("Run:", "Results:", "Report:"))]
+    return " ".join(x for x in kept if x)
+
+
 def index_page(p, manifest: dict[str, Any]) -> str:
     """The run's front page: its finding, headline table and charts first; every report, sweep and capacity study
     one click away; the manifest folded."""
@@ -201,6 +217,7 @@ def index_page(p, manifest: dict[str, Any]) -> str:
             + f"; commit <code>{manifest['git']['commit'][:12]}</code>"
             + (" (uncommitted changes)" if manifest["git"]["dirty"] else "") + ".</p>")
     finding, charts = _headline(p, report_dir)
+    about = profile_about(p.run_name)
     images = "".join(f'<img src="{c}" alt="{c}" style="max-width:49%">' for c in charts if (report_dir / c).exists())
     rows = []
     for s in manifest["steps"]:
@@ -209,8 +226,8 @@ def index_page(p, manifest: dict[str, Any]) -> str:
         wall = f'{s["wall_s"]:.0f}' if s.get("wall_s") is not None else ""
         rows.append(f"<tr><td>{link}</td><td style='text-align:left'>{html.escape(s['title'])}</td>"
                     f"<td>{s['status']}</td><td>{wall}</td></tr>")
-    files = [f for f in ("results.txt", "results.csv", "results.json", "capacity.json", "capacity_table.csv")
-             if (report_dir / f).exists()]
+    files = [f for f in ("results.txt", "results.csv", "results.json", "capacity.json", "capacity_table.csv",
+                         "signal.json", "fourbit.json") if (report_dir / f).exists()]
     files += sorted(f.name for f in report_dir.glob("predictions_*.json"))
     more = [f'<li><a href="{f}">{f}</a></li>' for f in files]
     if (report_dir / "sweeps" / "summary.txt").exists():
@@ -227,8 +244,11 @@ def index_page(p, manifest: dict[str, Any]) -> str:
             # a run under way or failed says so before any number: those may be an earlier run's
             + (f"{head}<p class='stale'>The numbers below are from the last completed stages; they may predate "
                "this run.</p>" if status != "ok" else "")
-            + f"<section id='summary'>{finding}</section><div>{images}</div>{head if status == 'ok' else ''}"
-            f"<h2>Reports</h2><table><tr><th>report</th><th>what it does</th><th>status</th><th>wall s</th></tr>"
+            + f"<section id='summary'>{finding}</section><div>{images}</div>"
+            + (f"<section id='about'><h2>What this run is, and what it can and cannot show</h2>"
+               f"<p>{html.escape(about)}</p></section>" if about else "")
+            + (head if status == "ok" else "")
+            + f"<h2>Reports</h2><table><tr><th>report</th><th>what it does</th><th>status</th><th>wall s</th></tr>"
             f"{''.join(rows)}</table>"
             + (f"<h2>Results and other studies</h2><ul>{''.join(more)}</ul>" if more else "")
             + f"<details><summary>Manifest: parameters, packages, device, git ({len(manifest.get('params', {}))} params)"
