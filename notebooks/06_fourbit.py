@@ -13,7 +13,6 @@ capacity_questions: int = 300  # validation questions every model answers
 fidelity_precisions: list = []  # the 4-bit teachers measured against float32, e.g. [nf4-float32, nf4dq-float32]
 
 # %%
-import pandas as pd
 from IPython.display import HTML, display
 
 from distill.core import params
@@ -47,7 +46,7 @@ summaries.show("\n".join(f"- {line}" for line in fourbit_report.headline(fourbit
 
 # %%
 display(HTML(fourbit_report.fidelity_table(fourbit).round(4).to_html(index=False, na_rep="")))
-display(HTML(pd.DataFrame(fourbit_report.teacher_differences(fourbit)).round(2).to_html(index=False)))
+display(HTML(fourbit_report.teacher_differences_table(fourbit).round(2).to_html(index=False)))
 
 # %% [markdown]
 # ## The students

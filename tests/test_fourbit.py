@@ -134,6 +134,8 @@ def test_the_students_of_the_4bit_teacher_are_paired_with_their_float32_twins(mo
     lines = fourbit_report.headline(fourbit, [diff], arms)
     assert "KL from float32 0.0300 at T 1, 0.0100 at T 2" in lines[1] and "93.0%" in lines[1]
     assert f"({tdiff['f1_diff']:+.1f} [" in lines[1]
+    assert fourbit_report.teacher_differences_table(fourbit).iloc[0]["95% CI"] == \
+        f"[{tdiff['f1_diff_ci95_low']:+.1f}, {tdiff['f1_diff_ci95_high']:+.1f}]"
     assert "0.56x" in lines[1]  # its peak memory against float32's
     assert lines[2].startswith("Students of 2 layers taught by the nf4-float32 teacher (kd_nf4) minus")
     assert lines[3].startswith("Against CE-only at 2 layers") and f"kd (float32) F1 {arms[1]['f1']:.1f}" in lines[3]

@@ -231,6 +231,14 @@ def fidelity_table(fourbit: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def teacher_differences_table(fourbit: dict[str, Any]) -> pd.DataFrame:
+    rows = [{"teacher": d["teacher"], "F1 minus float32": d["f1_diff"],
+             "95% CI": f"[{d['f1_diff_ci95_low']:+.1f}, {d['f1_diff_ci95_high']:+.1f}]",
+             "resolved": "yes" if d["f1_diff_resolved"] else "no: the interval spans 0"}
+            for d in teacher_differences(fourbit)]
+    return pd.DataFrame(rows)
+
+
 def arms_table(arms: list[dict[str, Any]]) -> pd.DataFrame:
     rows = [{"layers": a["layers"], "arm": a["arm"], "teacher": a["teacher"], "seeds": a["seeds"],
              "EM": a["exact_match"], "F1": a["f1"], "F1 sd over seeds": a["f1_sd"], "answer loss": a["answer_loss"],
