@@ -115,9 +115,25 @@ def analyse(signal: dict[str, Any]) -> dict[str, Any]:
                            gain_per_seed=g["per_seed"], gain_seeds_won=g["seeds_won"], gain_resolved=g["resolved"],
                            gain_answer_loss=statistics.fmean(loss_d))
             rows.append(row)
+        lead(rows, [r for r in rows if r["layers"] == layers], matrix)
     return {"teacher": {k: signal["teacher"][k] for k in ("layers", "params_m", "f1", "exact_match", "answer_loss")},
             "baseline_arm": base_arm, "n_questions": len(ids), "arms": rows, "missing": signal.get("missing", []),
             "trainings": len(signal["records"])}
+
+
+def lead(rows: list[dict[str, Any]], at: list[dict[str, Any]], matrix) -> None:
+    """The size's best arm against the runner-up, paired over the seeds both have and the questions: is the best
+    told apart from the next, or only ahead by noise? Recorded on the best arm's row (lead_*)."""
+    ranked = sorted(at, key=lambda r: r["f1"], reverse=True)
+    if len(ranked) < 2:
+        return
+    (best_m, best_seeds), (next_m, next_seeds) = matrix(ranked[0]["arm"]), matrix(ranked[1]["arm"])
+    paired = [s for s in best_seeds if s in next_seeds]
+    if not paired:
+        return
+    g = stats.paired_gain(best_m[[best_seeds.index(s) for s in paired]], next_m[[next_seeds.index(s) for s in paired]])
+    ranked[0].update(lead_over=ranked[1]["arm"], lead_f1=g["gain"], lead_ci95_low=g["low"], lead_ci95_high=g["high"],
+                     lead_resolved=g["resolved"])
 
 
 def headline(result: dict[str, Any]) -> list[str]:
@@ -152,11 +168,14 @@ def headline(result: dict[str, Any]) -> list[str]:
         verdict = "resolved" if best["gain_resolved"] else "unresolved: the interval spans 0"
         cost = (f"; it trains in {best['train_minutes']:.1f} CPU min vs {ce['train_minutes']:.1f} for CE-only"
                 if best["train_minutes"] is not None and ce["train_minutes"] is not None else "")
-        lines.append(f"{layers} layers ({share}): {best['arm']} wins, F1 {best['f1']:.1f} = "
-                     f"{100 * best['kept_f1']:.0f}% of the teacher's [{100 * best['kept_f1_ci95_low']:.0f}-"
+        told = best.get("lead_over") is None or pd.isna(best.get("lead_over")) or bool(best.get("lead_resolved"))
+        ahead = ("" if told else f"; ahead of {best['lead_over']} by only {best['lead_f1']:+.1f} F1 "
+                 f"[{best['lead_ci95_low']:+.1f}, {best['lead_ci95_high']:+.1f}]: the two are not told apart")
+        lines.append(f"{layers} layers ({share}): {best['arm']} {'wins' if told else 'scores highest'}, F1 "
+                     f"{best['f1']:.1f} = {100 * best['kept_f1']:.0f}% of the teacher's [{100 * best['kept_f1_ci95_low']:.0f}-"
                      f"{100 * best['kept_f1_ci95_high']:.0f}%], {best['gain_f1']:+.1f} F1 over CE-only "
                      f"[{best['gain_ci95_low']:+.1f}, {best['gain_ci95_high']:+.1f}], {best['gain_seeds_won']} seeds "
-                     f"({verdict}){cost}.")
+                     f"({verdict}){cost}{ahead}.")
     return lines
 
 
