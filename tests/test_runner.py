@@ -82,6 +82,12 @@ def test_index_says_what_the_profile_of_its_name_can_and_cannot_show(tmp_path, m
     assert "make x" not in about and "later comment" not in about and "not a description" not in about
     other = runner.write_index(params.from_mapping({"run_name": "renamed"}), {**manifest, "run_name": "renamed"})
     assert "id='about'" not in other.read_text()  # no profile of that name: no claim about it
+    # a grid run without a benchmark opens with its grid's headline
+    folder = tmp_path / "reports" / "renamed"
+    (folder / "signal.json").write_text(json.dumps({"headline": ["20 layers: combined scores highest."]}))
+    page = runner.write_index(params.from_mapping({"run_name": "renamed"}), {**manifest, "run_name": "renamed"}).read_text()
+    summary = page[page.index("<section id='summary'>"):]
+    assert "20 layers: combined scores highest." in summary[:summary.index("</section>")]
 
 
 def test_secrets_are_redacted(monkeypatch):

@@ -169,7 +169,8 @@ def markdown(text: str) -> str:
 
 
 def _headline(p, report_dir: Path) -> tuple[str, list[str]]:
-    """The run's finding (HTML) and its charts: the benchmark's when the run has one, else the capacity curve's."""
+    """The run's finding (HTML) and its charts: the benchmark's when the run has one, else its grid's (the capacity
+    curve, the signal grid or the 4-bit teachers)."""
     found = report_dir / "results.json"
     if found.exists():
         data = json.loads(found.read_text(encoding="utf-8"))
@@ -182,10 +183,12 @@ def _headline(p, report_dir: Path) -> tuple[str, list[str]]:
         text = summaries.benchmark(df, pair, missing, data["meta"])
         frame = results.comparison_frame(df).to_html(classes="results", index_names=False)
         return markdown(text) + frame, ["f1_vs_latency.png", "f1_by_model.png", "latency_batch1_ms_median_by_model.png"]
-    found = report_dir / "capacity.json"
-    if found.exists():
-        lines = "\n".join(f"- {line}" for line in json.loads(found.read_text(encoding="utf-8"))["headline"])
-        return markdown(lines), ["capacity_f1_vs_params.png", "capacity_distillation_gain.png"]
+    for name, charts in (("capacity.json", ["capacity_f1_vs_params.png", "capacity_distillation_gain.png"]),
+                         ("signal.json", ["signal_gains.png"]), ("fourbit.json", ["fourbit_fidelity.png"])):
+        found = report_dir / name
+        if found.exists():
+            lines = "\n".join(f"- {line}" for line in json.loads(found.read_text(encoding="utf-8"))["headline"])
+            return markdown(lines), charts
     return "<p>No results yet: the run has not reached its benchmark.</p>", []
 
 
