@@ -139,13 +139,16 @@ def arms_summary(fourbit: dict[str, Any]) -> list[dict[str, Any]]:
                    "answer_loss": float(a["answer_loss"].mean())}
             seeds = sorted(set(a.index) & set(ref.index))
             if arm != base_arm and seeds:
-                matrix = lambda recs: 100.0 * np.array([[recs.loc[s, "f1_per_question"][q] for q in ids]  # noqa: E731
-                                                        for s in seeds])
-                g = stats.paired_gain(matrix(a), matrix(ref))
+                g = stats.paired_gain(seed_matrix(a, seeds, ids), seed_matrix(ref, seeds, ids))
                 row.update(f1_vs_baseline=g["gain"], f1_vs_baseline_ci95_low=g["low"],
                            f1_vs_baseline_ci95_high=g["high"])
             out.append(row)
     return out
+
+
+def seed_matrix(recs: pd.DataFrame, seeds: list[int], ids: list[str]) -> np.ndarray:
+    """F1 in points per seed (rows, students indexed by seed) and question (columns)."""
+    return 100.0 * np.array([[recs.loc[s, "f1_per_question"][q] for q in ids] for s in seeds])
 
 
 def analyse(fourbit: dict[str, Any]) -> list[dict[str, Any]]:
@@ -164,9 +167,7 @@ def analyse(fourbit: dict[str, Any]) -> list[dict[str, Any]]:
             seeds = sorted(set(a.index) & set(b.index))
             if not seeds:
                 continue
-            matrix = lambda recs: 100.0 * np.array([[recs.loc[s, "f1_per_question"][q] for q in ids]  # noqa: E731
-                                                    for s in seeds])
-            g = stats.paired_gain(matrix(a), matrix(b))
+            g = stats.paired_gain(seed_matrix(a, seeds, ids), seed_matrix(b, seeds, ids))
             out.append({"layers": int(layers), "arm": arm, "teacher": a["teacher"].iloc[0], "reference_arm": ref,
                         "seeds": len(seeds), "n_questions": len(ids),
                         "f1": float(a.loc[seeds, "f1"].mean()), "reference_f1": float(b.loc[seeds, "f1"].mean()),
