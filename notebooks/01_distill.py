@@ -19,7 +19,8 @@ student: str = "tiny:student"  # hub id, folder, tiny:<name> or prune
 teacher_load_in_4bit: bool = True  # NF4 4-bit teacher (bitsandbytes)
 teacher_finetune: bool = True  # distil from the SQuAD-tuned teacher made by 00_teacher
 data_pool_rows: int = 400  # read only the first N rows of each split (0 = all)
-train_size: int = 32  # training examples
+train_size: int = 32  # training examples with their gold answers
+teacher_answered_size: int = 0  # more train questions, answered by the teacher (gold never read); 0 = gold only
 eval_size: int = 8  # held-out examples for the eval loss
 max_length: int = 128  # tokens per example; long contexts are windowed around the answer
 recovery_size: int = 8  # contexts for the recovery phase (0 = off)
@@ -39,6 +40,7 @@ beta_mse: float = 0.1  # weight of the hidden-state loss
 temperature: float = 2.0  # softening temperature
 kd_kind: str = "forward_kl"  # forward_kl, reverse_kl or jsd
 distill_positions: str = "all"  # teacher terms on answer tokens or on every real token
+lmbda: float = 0.0  # on-policy: share of batches the student answers itself, scored by the live teacher
 
 # %%
 import dataclasses
@@ -58,15 +60,17 @@ print(f"run {p.run_name}, variant {p.variant} on {device}: alpha_ce {p.alpha_ce}
 
 # %% [markdown]
 # ## Data
-# Disjoint, seeded subsets of SQuAD train: the training examples, the held-out examples for the eval loss, and
-# the contexts of the recovery phase. Prompts use the tokenizer's chat template (or a plain Context / Question /
+# Disjoint, seeded subsets of SQuAD train: the training examples, the held-out examples for the eval loss, the
+# contexts of the recovery phase, and the questions the teacher answered (`teacher_answered_size`; their gold answers
+# never read: the student trains on the teacher's answer). Prompts use the tokenizer's chat template (or a plain Context / Question /
 # Answer prompt); labels are -100 everywhere except the answer tokens. Contexts longer than the budget are
 # windowed so that the answer and the question always survive; the window's position is drawn at random (seeded).
 
 # %%
 sets = steps.load_data(p)
-display(pd.DataFrame({"examples": {"train": len(sets.train_rows), "eval": len(sets.eval_rows),
-                                   "recovery contexts": len(sets.recovery_rows)}}))
+display(pd.DataFrame({"examples": {"train (gold answers)": len(sets.train_rows),
+                                   "train (teacher-answered questions)": len(sets.answered_rows),
+                                   "eval": len(sets.eval_rows), "recovery contexts": len(sets.recovery_rows)}}))
 display(pd.DataFrame(sets.train_rows[:3])[["question", "answers"]])
 
 # %%
@@ -87,7 +91,8 @@ print(training.marked_example(tokenizer, encoded["train"].features[0]))
 
 # %%
 teacher = training.load_teacher_signal(p, tokenizer, student, device)
-print(f"teacher targets: {teacher.source}; vocabulary {teacher.vocab_size}, teacher layers {teacher.layers}")
+print(f"teacher targets: {teacher.source}"
+      + (f"; vocabulary {teacher.vocab_size}, teacher layers {teacher.layers}" if p.uses_teacher else ""))
 
 # %% [markdown]
 # ## The loss, and its terms on one batch before training
