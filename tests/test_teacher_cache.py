@@ -1,11 +1,13 @@
 """The teacher cache: filled once per example, reused, checked, and equal to the live teacher's sparse targets."""
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from distill.core import params
+from distill.core import params, procs
 from distill.kd import losses
 from distill.kd.trainer import DistillationTrainer
 from distill.parts import data, models, teacher_answers, teacher_cache
@@ -25,11 +27,14 @@ def config(tiny_paths, tok, fmt="topk", k=8, temperature=2.0):
     return teacher_cache.cache_config(str(tiny_paths[0]), tok, 96, temperature, fmt, k)
 
 
-def test_fill_reuses_examples_and_writes_one_view_per_training_run(setup, tmp_path):
+def test_fill_reuses_examples_and_writes_one_view_per_training_run(setup, tmp_path, monkeypatch):
     paths_, tok, feats, teacher = setup
     store = tmp_path / "store"
     cfg = config(paths_, tok)
+    released = []
+    monkeypatch.setattr(procs, "release_freed_memory", lambda: released.append(1))
     first = teacher_cache.fill(store, cfg, {"run_a": feats[:10]}, teacher, "cpu", 4, tok.pad_token_id)
+    assert len(released) == 3  # after each of the 3 teacher batches
     assert first.computed_positions == sum(len(f["input_ids"]) - 1 for f in feats[:10])
     assert first.cached_positions == 0 and first.bytes_per_token > 8 * 6 * 0.9
     view_a = (store / "views" / "run_a.json").read_text()
@@ -196,3 +201,37 @@ def test_the_cache_stage_fills_each_teachers_store_with_that_teacher(monkeypatch
     assert keys == sorted(got["nf4"].entries) and keys
     differs = [not torch.equal(got["fp32"].lookup_key(k)["logprobs"], got["nf4"].lookup_key(k)["logprobs"]) for k in keys]
     assert any(differs)  # NF4 moves the teacher's log-probabilities
+
+
+# One process making sampled targets from [positions, vocabulary] logits batch after batch, as the cache stage does
+# (SmolLM2's vocabulary, 8 examples of 90-160 positions per batch), keeping only the small targets.
+_HEAP_PROBE = """
+import os, random, sys
+import torch
+from distill.core import procs
+from distill.parts import teacher_cache
+def rss(): return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+torch.set_num_threads(1)
+rng, kept, base = random.Random(0), [], rss()
+for b in range(5):
+    ns = [rng.randint(90, 160) for _ in range(8)]
+    logits, at = torch.randn(sum(ns), 49152), 0
+    for n in ns:
+        kept.append(teacher_cache.sparse_targets(logits[at:at + n], 2.0, "sampled", 12, torch.Generator().manual_seed(n)))
+        at += n
+    del logits
+grown = rss() - base
+procs.release_freed_memory()
+print(grown >> 20, (rss() - base) >> 20)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads the process's memory from /proc")
+def test_freed_logits_go_back_to_the_system():
+    """Without release_freed_memory the cache stage of the default profile grew to 24 GB and was killed: the freed
+    per-example [positions, vocabulary] tensors stayed on glibc's heap between the small targets kept."""
+    out = subprocess.run([sys.executable, "-c", _HEAP_PROBE], capture_output=True, text=True, check=True)
+    grown_mb, after_mb = map(int, out.stdout.split())
+    if grown_mb < 150:
+        pytest.skip(f"this allocator reuses the freed tensors (grew {grown_mb} MB): nothing to give back")
+    assert after_mb < grown_mb / 4, f"grew {grown_mb} MB; {after_mb} MB still held after release_freed_memory"

@@ -32,7 +32,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from distill.core import paths
+from distill.core import paths, procs
 from distill.kd import group
 from distill.parts.data import pad_batch
 
@@ -255,6 +255,8 @@ def _write_shard(store: Path, config: dict[str, Any], chunks: list[list[tuple[st
                 parts.setdefault(name, []).append(tensor.cpu())
             index[key] = [row, n, first]
             row += n
+        del logits
+        procs.release_freed_memory()  # else the freed [positions, vocabulary] tensors pile up on the heap
     if not index:
         return 0
     tensors = {name: torch.cat(ts).contiguous() for name, ts in parts.items()}
