@@ -23,7 +23,7 @@ export SQUAD_DIR ?= $(wildcard $(abspath ../shared/data/squad))
 export PYTHONUNBUFFERED := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup browser test test-fast study sweep capacity signal fourbit fourbit-gemma gemma smoke status dag validate params lab notebooks bench-loss bench-step bench-processes clean
+.PHONY: help setup browser test test-fast study sweep capacity signal signal20 fourbit fourbit-gemma gemma smoke status dag validate params lab notebooks bench-loss bench-step bench-processes clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -61,6 +61,9 @@ capacity: setup ## the capacity curve: students of 4 sizes x CE-only/distilled x
 
 signal: setup ## the signal grid: which of the teacher's signals (teacher answers, every position, on-policy...) pays at 24 and 16 layers; reports/signal_cpu/05_signal.html
 	$(PY) -m distill run params/$(SIGNAL_PROFILE).yaml --only capacity-report
+
+signal20: setup ## the signal grid at the default size (20 layers): 5 arms x 3 seeds on 300 questions (about 2 h 10 min); reports/signal20_cpu/05_signal.html
+	$(PY) -m distill run params/signal20_cpu.yaml --only capacity-report
 
 fourbit: setup ## what a 4-bit (NF4) teacher costs: its fidelity to float32 and the students it teaches; reports/fourbit_cpu/06_fourbit.html
 	$(PY) -m distill run params/$(FOURBIT_PROFILE).yaml --only fourbit-report
