@@ -23,7 +23,7 @@ export SQUAD_DIR ?= $(wildcard $(abspath ../shared/data/squad))
 export PYTHONUNBUFFERED := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup browser test test-fast study sweep capacity signal signal20 fourbit fourbit-gemma gemma smoke status dag validate params lab notebooks bench-loss bench-step bench-processes clean
+.PHONY: help setup browser test test-fast study sweep capacity signal signal20 fourbit fourbit-gemma gemma smoke status dag validate params lab notebooks bench-loss bench-step bench-processes bench-cache clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -107,6 +107,9 @@ bench-step: setup ## cost of a distillation step (live teacher, cached sparse te
 
 bench-processes: setup ## one distillation step on 2 processes x 1 thread vs 1 process x 2 threads (same global batch) on PROFILE's run
 	$(PY) benchmarks/process_step.py params/$(PROFILE).yaml --processes 2 --threads 1
+
+bench-cache: setup ## peak memory of the teacher-cache fill with and without giving freed logits back to the system, on PROFILE's tuned teacher
+	$(PY) benchmarks/cache_memory.py params/$(PROFILE).yaml
 
 clean: ## remove the runs' artifacts and the smoke report and pipeline (keeps .venv, the model cache and .dvc/cache)
 	rm -rf artifacts reports/smoke pipelines/smoke
