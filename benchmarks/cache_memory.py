@@ -23,7 +23,7 @@ import torch
 
 from distill.core import params, procs
 from distill.parts import models, teacher_cache
-from distill.study import steps
+from distill.study import cache, steps
 from distill.study.layout import variant_params
 
 
@@ -37,8 +37,7 @@ def fill_once(p, examples: int, keep_freed: bool) -> dict:
         features += steps.training_features(variant_params(p.replace(seed=seed), "distilled"), tokenizer)
         seed += 1
     features = features[:examples]
-    config = teacher_cache.cache_config(steps.teacher_source(p), tokenizer, p.max_length, p.temperature,
-                                        p.teacher_cache, p.teacher_cache_k, p.distill_positions, p.teacher_precision)
+    config = cache.cache_config(p, tokenizer)
     with tempfile.TemporaryDirectory() as store:
         start = time.perf_counter()
         report = teacher_cache.fill(Path(store) / "store", config, {"bench": features}, teacher, "cpu", p.batch_size,

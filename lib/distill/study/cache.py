@@ -48,6 +48,12 @@ def teacher_key(p: StudyParams) -> tuple[str, str]:
     return steps.teacher_source(p), p.teacher_precision
 
 
+def cache_config(p: StudyParams, tokenizer) -> dict[str, Any]:
+    """What a training run's cached targets depend on (teacher_cache.cache_config from the run's params)."""
+    return teacher_cache.cache_config(steps.teacher_source(p), tokenizer, p.max_length, p.temperature, p.teacher_cache,
+                                      p.teacher_cache_k, p.distill_positions, p.teacher_precision)
+
+
 def answer_stores(p: StudyParams) -> dict[Path, dict[str, Any]]:
     """{answer store: {"params": a run that uses it, "views": {run name: its teacher-answered rows}}}."""
     stores: dict[Path, dict[str, Any]] = {}
@@ -107,8 +113,7 @@ def fill_teacher_cache(p: StudyParams, params_path: str | Path) -> int:
             up = entry["params"]
             if teacher_key(up) != key:
                 continue
-            config = teacher_cache.cache_config(key[0], tokenizer, up.max_length, up.temperature, up.teacher_cache,
-                                                up.teacher_cache_k, up.distill_positions, up.teacher_precision)
+            config = cache_config(up, tokenizer)
             views = {run.run_name: steps.training_features(run, tokenizer) for run in entry["runs"]}
             t0 = time.perf_counter()
             report = teacher_cache.fill(store, config, views, teacher, device, up.batch_size,
